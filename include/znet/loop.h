@@ -1,0 +1,207 @@
+/*
+ * znet/loop.h: the event loop, io watchers, timers, posted tasks, signals.
+ *
+ * One loop is one epoll instance run by one thread. Loop-thread only unless
+ * marked: every function here must be called on the thread that runs the
+ * loop (or, before zn_loop_run(), on the thread that created it), except
+ * those marked "Any thread.".
+ *
+ * Watchers (zn_io_t, zn_timer_t) are embedded by the caller: _init binds
+ * one to a loop, _start/_stop switch it on and off. A watcher has nothing to
+ * close; the caller frees its memory once it is stopped.
+ */
+#ifndef ZNET_LOOP_H
+#define ZNET_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct zn_loop_s zn_loop_t;
+typedef struct zn_io_s zn_io_t;
+typedef struct zn_timer_s zn_timer_t;
+
+/* Events for zn_io_start(); the same bits arrive in the callback. */
+enum {
+    ZN_READABLE = 1,
+    ZN_WRITABLE = 2,
+    ZN_HANGUP = 4, /* reported only: EPOLLHUP/EPOLLRDHUP */
+    ZN_ERROR_EV = 8 /* reported only: EPOLLERR */
+};
+
+typedef void (*zn_io_cb)(zn_io_t *io, unsigned events, void *ud);
+typedef void (*zn_timer_cb)(zn_timer_t *t, void *ud);
+typedef void (*zn_task_cb)(void *ud);
+
+/* Internal layout; read the fields through the functions below. */
+struct zn_io_s {
+    zn_loop_t *loop;
+    zn_io_cb cb;
+    void *ud;
+    int fd;
+    unsigned events;  /* what the caller asked for */
+    unsigned armed;   /* what epoll has now */
+    int slot;         /* index in the loop's fd table, -1 if not started */
+};
+
+struct zn_timer_s {
+    zn_loop_t *loop;
+    zn_timer_cb cb;
+    void *ud;
+    uint64_t due;     /* absolute, in loop milliseconds */
+    uint64_t repeat;  /* 0: one-shot */
+    uint64_t order;   /* start order, breaks ties between equal due times */
+    struct {
+        zn_timer_t *left, *right, *parent;
+    } node;           /* heap links; parent == NULL and not the root: idle */
+    int active;
+};
+
+/* ---- loop ---------------------------------------------------------- */
+
+/*
+ * Creates a loop: an epoll instance and an eventfd for wake-ups. Stores it
+ * in *out. Returns 0, ZN_ENOMEM, or the error of epoll_create1/eventfd.
+ * Any thread; the loop then belongs to the thread that runs it.
+ */
+ZN_EXTERN int zn_loop_new(zn_loop_t **out);
+
+/*
+ * Frees a loop that is not running. Tasks still queued are run first (so
+ * that what they own is released); io watchers and timers that are still
+ * started are forgotten (their owners must stop them first to be clean).
+ */
+ZN_EXTERN void zn_loop_free(zn_loop_t *loop);
+
+/*
+ * Runs the loop on the calling thread until zn_loop_stop(). Each iteration:
+ * update the clock, run due timers, wait for events (no longer than the
+ * next timer), run io callbacks, run posted tasks. Returns 0 after a stop,
+ * ZN_EBUSY if the loop is already running, or the error of epoll_wait.
+ * A stop requested before zn_loop_run() makes it return at once (after
+ * running the tasks already posted).
+ */
+ZN_EXTERN int zn_loop_run(zn_loop_t *loop);
+
+/*
+ * Runs one iteration: waits at most `timeout_ms` (-1: until an event or a
+ * timer, 0: not at all). Returns the number of callbacks run, or a negative
+ * error. For tests and for embedding the loop in another one.
+ */
+ZN_EXTERN int zn_loop_run_once(zn_loop_t *loop, int timeout_ms);
+
+/* Asks the loop to return from zn_loop_run(). Any thread; also before the
+ * loop runs. Idempotent. */
+ZN_EXTERN void zn_loop_stop(zn_loop_t *loop);
+
+/*
+ * Runs cb(ud) on the loop's thread, soon. Any thread. Tasks run in the
+ * order they were posted, in batches; wake-ups coalesce (many posts may
+ * cause one eventfd read), but every posted task runs exactly once, even if
+ * the loop is stopped (then on the next run, or in zn_loop_free()).
+ * Returns 0, or ZN_ENOMEM (then cb never runs).
+ */
+ZN_EXTERN int zn_loop_post(zn_loop_t *loop, zn_task_cb cb, void *ud);
+
+/* True on the thread that is running the loop. Any thread. */
+ZN_EXTERN bool zn_loop_in_thread(const zn_loop_t *loop);
+
+/* The loop's cached clock (milliseconds, monotonic), updated once per
+ * iteration; zn_loop_update_time() refreshes it. */
+ZN_EXTERN uint64_t zn_loop_now(const zn_loop_t *loop);
+ZN_EXTERN void zn_loop_update_time(zn_loop_t *loop);
+
+/* A name for logs ("loop-0"). Any thread. */
+ZN_EXTERN const char *zn_loop_name(const zn_loop_t *loop);
+ZN_EXTERN void zn_loop_set_name(zn_loop_t *loop, const char *name);
+
+typedef struct {
+    uint64_t iterations;     /* epoll_wait calls */
+    uint64_t io_events;      /* io callbacks run */
+    uint64_t timers_fired;   /* timer callbacks run */
+    uint64_t tasks_posted;   /* zn_loop_post calls that succeeded */
+    uint64_t tasks_run;      /* posted tasks run */
+    uint64_t wakeups;        /* eventfd writes (posts that had to wake) */
+    uint64_t timers_active;  /* timers started now */
+    uint64_t io_active;      /* io watchers started now */
+} zn_loop_stats_t;
+
+/* Copies the loop's counters. Any thread (values are read atomically one
+ * by one, not as a snapshot). */
+ZN_EXTERN void zn_loop_stats(const zn_loop_t *loop, zn_loop_stats_t *st);
+
+/* ---- io watchers --------------------------------------------------- */
+
+/* Binds a watcher to a loop and a non-blocking fd. Does not start it. */
+ZN_EXTERN void zn_io_init(zn_loop_t *loop, zn_io_t *io, int fd, zn_io_cb cb,
+                          void *ud);
+
+/*
+ * Watches `events` (ZN_READABLE | ZN_WRITABLE); a started watcher changes
+ * its set. Level-triggered. events == 0 is the same as zn_io_stop().
+ * Returns 0, ZN_ENOMEM, or the error of epoll_ctl.
+ */
+ZN_EXTERN int zn_io_start(zn_io_t *io, unsigned events);
+
+/*
+ * Stops watching. After this the callback is not called again, not even
+ * for an event already fetched in the current epoll batch; the caller may
+ * then close the fd and free the watcher.
+ */
+ZN_EXTERN void zn_io_stop(zn_io_t *io);
+
+static inline bool
+zn_io_active(const zn_io_t *io)
+{
+    return io->slot >= 0;
+}
+
+/* ---- timers -------------------------------------------------------- */
+
+/* Binds a timer to a loop. Does not start it. */
+ZN_EXTERN void zn_timer_init(zn_loop_t *loop, zn_timer_t *t, zn_timer_cb cb,
+                             void *ud);
+
+/*
+ * Starts (or restarts) a timer: it fires `timeout_ms` from the loop's
+ * cached time, then every `repeat_ms` if that is not 0. Timers due at the
+ * same time fire in the order they were started. Safe inside any callback,
+ * including the timer's own.
+ */
+ZN_EXTERN void zn_timer_start(zn_timer_t *t, uint64_t timeout_ms,
+                              uint64_t repeat_ms);
+
+/* Stops a timer; idempotent. Safe inside any callback, including the
+ * timer's own: a repeating timer stopped in its callback does not fire
+ * again. */
+ZN_EXTERN void zn_timer_stop(zn_timer_t *t);
+
+static inline bool
+zn_timer_active(const zn_timer_t *t)
+{
+    return t->active != 0;
+}
+
+/* ---- signals ------------------------------------------------------- */
+
+typedef void (*zn_signal_cb)(zn_loop_t *loop, int signum, void *ud);
+
+/*
+ * Handles SIGINT and SIGTERM (or the signals in `sigs`, terminated by 0)
+ * on this loop through a signalfd: blocks them in the calling thread (call
+ * it before starting other threads, so they inherit the mask) and runs
+ * cb(loop, signum, ud) on the loop. One handler per loop; a second call
+ * replaces the first. Returns 0 or the error of signalfd.
+ */
+ZN_EXTERN int zn_loop_handle_signals(zn_loop_t *loop, const int *sigs,
+                                     zn_signal_cb cb, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZNET_LOOP_H */

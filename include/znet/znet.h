@@ -1,0 +1,13 @@
+/* znet/znet.h: includes every public header of znet's core. */
+#ifndef ZNET_ZNET_H
+#define ZNET_ZNET_H
+
+#include "buf.h"
+#include "client.h"
+#include "common.h"
+#include "conn.h"
+#include "log.h"
+#include "loop.h"
+#include "server.h"
+
+#endif /* ZNET_ZNET_H */

@@ -1,0 +1,855 @@
+/*
+ * conn.c: a connection. Reads into the loop's scratch area (no allocation
+ * for input that the handler consumes at once), queues output in one
+ * contiguous buffer, batches the replies of one on_data into one write,
+ * and closes in two steps: the close request (any thread, idempotent) and
+ * the finish (on the loop, later, once), which runs on_close.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conn_int.h"
+#include "loop_int.h"
+#include "znet/log.h"
+
+#define ZN__DEFAULT_LINGER_MS 30000
+
+static _Atomic uint64_t zn__next_conn_id = 1;
+
+static const char *const zn__close_names[ZN_CLOSE_REASON_MAX] = {
+    "local",   "peer",      "error",    "output_cap", "idle",    "deadline",
+    "protocol", "input_cap", "max_conns", "shutdown", "connect", "nomem"};
+
+static void zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud);
+static void zn__conn_timer_cb(zn_timer_t *t, void *ud);
+static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
+                                bool abortive);
+static void zn__conn_flush(zn_conn_t *c);
+
+
+const char *
+zn_close_reason_name(zn_close_reason_t r)
+{
+    if ((unsigned)r >= ZN_CLOSE_REASON_MAX)
+        return "unknown";
+    return zn__close_names[r];
+}
+
+
+void
+zn_conn_limits_default(zn_conn_limits_t *l)
+{
+    l->out_high = 4u << 20;
+    l->out_low = 1u << 20;
+    l->out_hard = 64u << 20;
+    l->in_max = 64u << 20;
+    l->idle_ms = 0;
+    l->linger_ms = ZN__DEFAULT_LINGER_MS;
+}
+
+
+uint64_t
+zn__conn_next_id(void)
+{
+    return atomic_fetch_add_explicit(&zn__next_conn_id, 1,
+                                     memory_order_relaxed);
+}
+
+/* ---- references -------------------------------------------------------- */
+
+
+void
+zn_conn_ref(zn_conn_t *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+
+/* The last reference frees the memory; by then the loop has finished the
+ * connection (the loop's own reference is the one given back last by the
+ * finish), so nothing else of it remains. */
+void
+zn_conn_unref(zn_conn_t *c)
+{
+    /* acq_rel rather than release + fence: same code on x86, and TSan
+     * understands it. */
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    zn_buf_free(&c->in);
+    zn_buf_free(&c->out);
+    zn__free(c);
+}
+
+
+uint64_t
+zn_conn_id(const zn_conn_t *c)
+{
+    return c->id;
+}
+
+
+zn_loop_t *
+zn_conn_loop(const zn_conn_t *c)
+{
+    return c->loop;
+}
+
+
+bool
+zn_conn_is_open(const zn_conn_t *c)
+{
+    return atomic_load_explicit(&((zn_conn_t *)c)->state,
+                                memory_order_acquire) == ZN__OPEN;
+}
+
+
+void
+zn_conn_set_data(zn_conn_t *c, void *data)
+{
+    atomic_store_explicit(&c->data, data, memory_order_release);
+}
+
+
+void *
+zn_conn_get_data(const zn_conn_t *c)
+{
+    return atomic_load_explicit(&((zn_conn_t *)c)->data,
+                                memory_order_acquire);
+}
+
+
+size_t
+zn_conn_out_len(const zn_conn_t *c)
+{
+    return zn_buf_len(&c->out);
+}
+
+
+int
+zn_conn_fd(const zn_conn_t *c)
+{
+    return c->io.fd;
+}
+
+
+void
+zn_conn_set_limits(zn_conn_t *c, const zn_conn_limits_t *l)
+{
+    c->limits = l;
+}
+
+
+/* Formats the peer address on demand into a per-thread buffer: keeping it
+ * in every connection would cost 48 bytes each. */
+const char *
+zn_conn_peer(const zn_conn_t *c)
+{
+    static __thread char text[128];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char host[INET6_ADDRSTRLEN];
+
+    if (c->io.fd < 0 || getpeername(c->io.fd, (void *)&ss, &len) != 0)
+        snprintf(text, sizeof(text), "conn#%llu",
+                 (unsigned long long)c->id);
+    else if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (void *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(text, sizeof(text), "%s:%u", host, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (void *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(text, sizeof(text), "[%s]:%u", host, ntohs(a->sin6_port));
+    } else
+        snprintf(text, sizeof(text), "unix#%llu", (unsigned long long)c->id);
+    return text;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+
+zn_conn_t *
+zn__conn_new(zn_loop_t *loop, int fd, const zn_handler_t *h,
+             const zn_conn_limits_t *limits, zn__conn_stats_t *stats)
+{
+    zn_conn_t *c = zn__calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    atomic_init(&c->refs, 1);
+    atomic_init(&c->state, ZN__OPEN);
+    c->id = zn__conn_next_id();
+    c->loop = loop;
+    c->h = h;
+    c->limits = limits;
+    c->stats = stats ? stats : zn__loop_conn_stats(loop);
+    zn_buf_init(&c->in);
+    zn_buf_init(&c->out);
+    zn_io_init(loop, &c->io, fd, zn__conn_io_cb, c);
+    zn_timer_init(loop, &c->timer, zn__conn_timer_cb, c);
+    return c;
+}
+
+
+static unsigned
+zn__conn_wanted(const zn_conn_t *c)
+{
+    unsigned ev = 0;
+    int st = atomic_load_explicit(&((zn_conn_t *)c)->state,
+                                  memory_order_relaxed);
+
+    if (st == ZN__OPEN && !c->eof && !c->paused_user && !c->paused_hwm)
+        ev |= ZN_READABLE;
+    if (st != ZN__CLOSED && zn_buf_len(&c->out) > 0)
+        ev |= ZN_WRITABLE;
+    return ev;
+}
+
+
+/* Brings epoll's interest in line with the state. Not starting a watcher
+ * (out of memory in the fd table) leaves a connection that cannot make
+ * progress: it is closed. */
+static void
+zn__conn_update_io(zn_conn_t *c)
+{
+    unsigned want = zn__conn_wanted(c);
+    int rc;
+
+    if (want == 0) {
+        zn_io_stop(&c->io);
+        return;
+    }
+    if ((rc = zn_io_start(&c->io, want)) != 0) {
+        ZN_LOG_RL(ZN_LOG_ERROR, 5, "conn#%llu: epoll: %s",
+                  (unsigned long long)c->id, zn_strerror(rc));
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+    }
+}
+
+
+void
+zn__conn_start(zn_conn_t *c)
+{
+    zn__counter_add(&c->stats->live, 1);
+    c->last_input = zn_loop_now(c->loop);
+    if (c->limits->idle_ms > 0)
+        zn_timer_start(&c->timer, c->limits->idle_ms, 0);
+    zn_conn_ref(c);
+    c->in_cb++;
+    c->batching = 1;
+    if (c->h->on_connect != NULL)
+        c->h->on_connect(c, c->h->ud);
+    c->batching = 0;
+    c->in_cb--;
+    zn__conn_flush(c);
+    zn__conn_update_io(c);
+    zn_conn_unref(c);
+}
+
+
+int
+zn_conn_adopt(zn_loop_t *loop, int fd, const zn_handler_t *handler,
+              const zn_conn_limits_t *limits, zn_conn_t **out)
+{
+    zn_conn_t *c = zn__conn_new(loop, fd, handler, limits, NULL);
+
+    if (c == NULL) {
+        zn__close_fd(fd);
+        return ZN_ENOMEM;
+    }
+    *out = c;
+    zn__conn_start(c);
+    return 0;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+
+/*
+ * The second step of a close, on the loop, outside the connection's own
+ * callbacks: forget the fd (abortive: with a reset), drop buffers, run
+ * on_close, tell the owner, and give back the loop's reference.
+ */
+static void
+zn__conn_finish(zn_conn_t *c)
+{
+    struct linger lg = {1, 0};
+    int fd = c->io.fd;
+
+    zn_io_stop(&c->io);
+    zn_timer_stop(&c->timer);
+    if (fd >= 0) {
+        if (c->abortive)
+            (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        c->io.fd = -1;
+        zn__close_fd(fd);
+    }
+    zn_buf_free(&c->in);
+    zn_buf_free(&c->out);
+    zn__counter_add(&c->stats->closes[c->reason], 1);
+    atomic_store_explicit(&c->stats->live,
+                          zn__counter_get(&c->stats->live) - 1,
+                          memory_order_relaxed);
+    if (c->h->on_close != NULL)
+        c->h->on_close(c, (zn_close_reason_t)c->reason, c->h->ud);
+    if (c->closed_fn != NULL)
+        c->closed_fn(c, c->owner);
+    zn_conn_unref(c);
+}
+
+
+static void
+zn__conn_finish_task(void *ud)
+{
+    zn__conn_finish(ud);
+}
+
+
+/* Schedules the finish as a posted task (a post from the loop thread
+ * costs no system call), so on_close never runs inside another callback
+ * of the same connection, nor inside zn_conn_close(). */
+static void
+zn__conn_schedule_finish(zn_conn_t *c)
+{
+    atomic_store_explicit(&c->state, ZN__CLOSED, memory_order_release);
+    zn_io_stop(&c->io);
+    if (c->finish_posted)
+        return;
+    c->finish_posted = 1;
+    if (zn_loop_post(c->loop, zn__conn_finish_task, c) != 0)
+        zn__conn_finish(c);
+}
+
+
+static void
+zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
+{
+    int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+
+    if (st == ZN__CLOSED || (st == ZN__CLOSING && !abortive))
+        return;
+    if (st == ZN__OPEN)
+        c->reason = (unsigned char)reason;
+    if (abortive || zn_buf_len(&c->out) == 0 || c->io.fd < 0) {
+        c->abortive = abortive;
+        zn__conn_schedule_finish(c);
+        return;
+    }
+    atomic_store_explicit(&c->state, ZN__CLOSING, memory_order_release);
+    zn_timer_start(&c->timer,
+                   c->limits->linger_ms ? c->limits->linger_ms
+                                        : ZN__DEFAULT_LINGER_MS,
+                   0);
+    zn__conn_update_io(c);
+}
+
+
+typedef struct {
+    zn_conn_t *c;
+    unsigned char reason;
+    bool abortive;
+    bool shutdown;
+} zn__close_req_t;
+
+
+static void
+zn__conn_close_task(void *ud)
+{
+    zn__close_req_t *r = ud;
+
+    if (r->shutdown)
+        zn_conn_shutdown(r->c);
+    else
+        zn__conn_close_loop(r->c, (zn_close_reason_t)r->reason,
+                            r->abortive);
+    zn_conn_unref(r->c);
+    zn__free(r);
+}
+
+
+/* From another thread a close is a posted task holding a reference. If
+ * even that allocation fails the close cannot be delivered; it is logged
+ * (the caller can retry). */
+static void
+zn__conn_post_close(zn_conn_t *c, zn_close_reason_t reason, bool abortive,
+                    bool shutdown)
+{
+    zn__close_req_t *r = zn__malloc(sizeof(*r));
+
+    if (r != NULL) {
+        r->c = c;
+        r->reason = (unsigned char)reason;
+        r->abortive = abortive;
+        r->shutdown = shutdown;
+        zn_conn_ref(c);
+        if (zn_loop_post(c->loop, zn__conn_close_task, r) == 0)
+            return;
+        zn_conn_unref(c);
+        zn__free(r);
+    }
+    ZN_LOG_RL(ZN_LOG_ERROR, 5, "conn#%llu: close: out of memory",
+              (unsigned long long)c->id);
+}
+
+
+void
+zn_conn_close_reason(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
+{
+    if ((unsigned)reason >= ZN_CLOSE_REASON_MAX)
+        reason = ZN_CLOSE_LOCAL;
+    if (zn_loop_in_thread(c->loop))
+        zn__conn_close_loop(c, reason, abortive);
+    else
+        zn__conn_post_close(c, reason, abortive, false);
+}
+
+
+void
+zn_conn_close(zn_conn_t *c)
+{
+    zn_conn_close_reason(c, ZN_CLOSE_LOCAL, false);
+}
+
+
+void
+zn_conn_abort(zn_conn_t *c)
+{
+    zn_conn_close_reason(c, ZN_CLOSE_LOCAL, true);
+}
+
+
+void
+zn_conn_shutdown(zn_conn_t *c)
+{
+    if (!zn_loop_in_thread(c->loop)) {
+        zn__conn_post_close(c, ZN_CLOSE_LOCAL, false, true);
+        return;
+    }
+    if (atomic_load(&c->state) != ZN__OPEN || c->shut_wr)
+        return;
+    c->shut_wr = 1;
+    zn__conn_flush(c);
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+
+/* What to do once the queue is empty: give the memory back, resume a
+ * paused reader, finish a pending shutdown or graceful close. */
+static void
+zn__conn_drained(zn_conn_t *c)
+{
+    int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+
+    zn_buf_free(&c->out);
+    if (c->shut_wr && !c->shut_done && c->io.fd >= 0) {
+        c->shut_done = 1;
+        (void)shutdown(c->io.fd, SHUT_WR);
+    }
+    if (st == ZN__CLOSING) {
+        zn__conn_schedule_finish(c);
+        return;
+    }
+    if (st == ZN__OPEN && c->h->on_write_done != NULL && c->in_cb == 0) {
+        zn_conn_ref(c);
+        c->in_cb++;
+        c->h->on_write_done(c, c->h->ud);
+        c->in_cb--;
+        zn_conn_unref(c);
+    }
+}
+
+
+/*
+ * Writes what is queued. A write error closes the connection abortively
+ * (the peer is gone: flushing is moot). Crossing the low mark downwards
+ * resumes reading paused by the high-water mark.
+ */
+static void
+zn__conn_flush(zn_conn_t *c)
+{
+    ssize_t n;
+
+    if (zn_buf_len(&c->out) == 0 || c->batching ||
+        atomic_load_explicit(&c->state, memory_order_relaxed) == ZN__CLOSED)
+        goto done;
+    n = zn_buf_write_fd(&c->out, c->io.fd);
+    if (n < 0 && n != ZN_EAGAIN) {
+        zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
+        return;
+    }
+    if (n > 0)
+        zn__counter_add(&c->stats->bytes_out, (uint64_t)n);
+    if (c->paused_hwm && zn_buf_len(&c->out) < c->limits->out_low)
+        c->paused_hwm = 0;
+done:
+    if (zn_buf_len(&c->out) == 0)
+        zn__conn_drained(c);
+    zn__conn_update_io(c);
+}
+
+
+/* Past the high-water mark: pause reading and tell the handler once. */
+static void
+zn__conn_high_water(zn_conn_t *c)
+{
+    size_t q = zn_buf_len(&c->out);
+
+    if (c->paused_hwm || c->limits->out_high == 0 || q < c->limits->out_high)
+        return;
+    c->paused_hwm = 1;
+    zn__counter_add(&c->stats->high_water, 1);
+    if (c->h->on_high_water != NULL) {
+        zn_conn_ref(c);
+        c->in_cb++;
+        c->h->on_high_water(c, q, c->h->ud);
+        c->in_cb--;
+        zn_conn_unref(c);
+    }
+}
+
+
+/* Writes an iovec with sendmsg(MSG_NOSIGNAL): writev() has no flags and
+ * would raise SIGPIPE on a reset connection. */
+static ssize_t
+zn__conn_sendmsg(int fd, const struct iovec *iov, int iovcnt)
+{
+    struct msghdr m;
+    ssize_t n;
+
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *)iov;
+    m.msg_iovlen = (size_t)iovcnt;
+    do
+        n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EWOULDBLOCK ? ZN_EAGAIN : -errno;
+    return n;
+}
+
+
+/* Appends the iovec minus its first `skip` bytes. The room was reserved. */
+static void
+zn__conn_queue(zn_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip)
+{
+    size_t len;
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        len = iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        (void)zn_buf_append(&c->out, (const char *)iov[i].iov_base + skip,
+                            len - skip);
+        skip = 0;
+    }
+}
+
+
+/*
+ * Queues and, unless replies are being batched, writes. With an empty
+ * queue the bytes go straight to the socket and only what it did not take
+ * is copied. A write error closes the connection and is returned.
+ */
+static int
+zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    size_t total = 0, sent = 0, hard = c->limits->out_hard;
+    ssize_t n;
+    int i, rc;
+
+    if (atomic_load_explicit(&c->state, memory_order_relaxed) != ZN__OPEN)
+        return ZN_ENOTCONN;
+    if (c->shut_wr)
+        return ZN_ESHUTDOWN;
+    for (i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (!c->batching && zn_buf_len(&c->out) == 0 && total > 0) {
+        n = zn__conn_sendmsg(c->io.fd, iov, iovcnt);
+        if (n < 0 && n != ZN_EAGAIN) {
+            zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
+            return (int)n;
+        }
+        sent = n > 0 ? (size_t)n : 0;
+        zn__counter_add(&c->stats->bytes_out, sent);
+        if (sent == total) {
+            zn__conn_drained(c);
+            return 0;
+        }
+    }
+    if (hard > 0 && zn_buf_len(&c->out) + (total - sent) > hard) {
+        ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: output queue over %zu bytes, closing",
+                  zn_conn_peer(c), hard);
+        zn__conn_close_loop(c, ZN_CLOSE_OUTPUT_CAP, true);
+        return ZN_ENOBUFS;
+    }
+    if ((rc = zn_buf_reserve(&c->out, total - sent)) != 0) {
+        if (sent > 0) /* part of a message is out: the stream is broken */
+            zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+        return rc;
+    }
+    zn__conn_queue(c, iov, iovcnt, sent);
+    if (!c->batching)
+        zn__conn_update_io(c);
+    zn__conn_high_water(c);
+    return 0;
+}
+
+
+typedef struct {
+    zn_conn_t *c;
+    size_t len;
+    char data[];
+} zn__send_req_t;
+
+
+static void
+zn__conn_send_task(void *ud)
+{
+    zn__send_req_t *r = ud;
+    struct iovec iov = {r->data, r->len};
+
+    if (zn__conn_send_loop(r->c, &iov, 1) == ZN_ENOTCONN)
+        zn__counter_add(&r->c->stats->sends_dropped, 1);
+    zn_conn_unref(r->c);
+    zn__free(r);
+}
+
+
+/* From another thread: one allocation holds the task and the copy. */
+static int
+zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    size_t total = 0, off = 0;
+    zn__send_req_t *r;
+    int i, rc;
+
+    for (i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > SIZE_MAX - sizeof(*r) - total)
+            return ZN_EINVAL;
+        total += iov[i].iov_len;
+    }
+    if ((r = zn__malloc(sizeof(*r) + total)) == NULL)
+        return ZN_ENOMEM;
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(r->data + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    r->c = c;
+    r->len = total;
+    zn_conn_ref(c);
+    if ((rc = zn_loop_post(c->loop, zn__conn_send_task, r)) != 0) {
+        zn_conn_unref(c);
+        zn__free(r);
+    }
+    return rc;
+}
+
+
+int
+zn_conn_sendv(zn_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    if (iovcnt < 0 || (iovcnt > 0 && iov == NULL))
+        return ZN_EINVAL;
+    if (!zn_conn_is_open(c))
+        return ZN_ENOTCONN;
+    if (zn_loop_in_thread(c->loop))
+        return zn__conn_send_loop(c, iov, iovcnt);
+    return zn__conn_send_post(c, iov, iovcnt);
+}
+
+
+int
+zn_conn_send(zn_conn_t *c, const void *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+
+    return zn_conn_sendv(c, &iov, 1);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+
+/*
+ * Runs on_data with replies batched: everything the handler sends goes to
+ * the queue and is written with one system call when it returns.
+ */
+static void
+zn__conn_deliver(zn_conn_t *c, zn_buf_t *in)
+{
+    c->in_cb++;
+    c->batching = 1;
+    if (c->h->on_data != NULL)
+        c->h->on_data(c, in, c->h->ud);
+    else
+        zn_buf_consume(in, zn_buf_len(in));
+    c->batching = 0;
+    c->in_cb--;
+}
+
+
+/*
+ * With nothing buffered, reads into the loop's scratch area and lends it
+ * to on_data; only bytes the handler leaves (a partial frame) are copied
+ * into the connection's own buffer. An idle connection so holds no input
+ * memory, and a request consumed at once costs no allocation.
+ */
+static ssize_t
+zn__conn_read_scratch(zn_conn_t *c, char *scratch)
+{
+    zn_buf_t tmp;
+    ssize_t n;
+
+    do
+        n = recv(c->io.fd, scratch, ZN__SCRATCH_SIZE, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return n < 0 ? (errno == EWOULDBLOCK ? ZN_EAGAIN : -errno) : 0;
+    zn__counter_add(&c->stats->bytes_in, (uint64_t)n);
+    zn_buf_init(&tmp);
+    tmp.data = scratch;
+    tmp.cap = ZN__SCRATCH_SIZE;
+    tmp.wpos = (size_t)n;
+    tmp.borrowed = 1;
+    zn__conn_deliver(c, &tmp);
+    if (zn_buf_len(&tmp) > 0 &&
+        zn_buf_append(&c->in, zn_buf_peek(&tmp), zn_buf_len(&tmp)) != 0)
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+    if (!tmp.borrowed)
+        zn_buf_free(&tmp);
+    return n;
+}
+
+
+static ssize_t
+zn__conn_read_buffered(zn_conn_t *c, char *scratch)
+{
+    ssize_t n = zn_buf_read_fd(&c->in, c->io.fd, scratch, ZN__SCRATCH_SIZE);
+
+    if (n <= 0)
+        return n;
+    zn__counter_add(&c->stats->bytes_in, (uint64_t)n);
+    zn__conn_deliver(c, &c->in);
+    if (zn_buf_len(&c->in) == 0)
+        zn_buf_free(&c->in);
+    return n;
+}
+
+
+/* The peer shut down its write side: the handler decides, or by default
+ * the connection closes once its replies are flushed. */
+static void
+zn__conn_eof(zn_conn_t *c)
+{
+    c->eof = 1;
+    if (c->h->on_eof == NULL) {
+        zn__conn_close_loop(c, ZN_CLOSE_PEER, false);
+        return;
+    }
+    c->in_cb++;
+    c->h->on_eof(c, c->h->ud);
+    c->in_cb--;
+}
+
+
+static void
+zn__conn_read(zn_conn_t *c)
+{
+    char *scratch = zn__loop_scratch(c->loop);
+    size_t in_max = c->limits->in_max;
+    ssize_t n;
+
+    if (scratch == NULL) {
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+        return;
+    }
+    if (zn_buf_len(&c->in) == 0 && c->in.cap == 0)
+        n = zn__conn_read_scratch(c, scratch);
+    else
+        n = zn__conn_read_buffered(c, scratch);
+    if (n == 0)
+        zn__conn_eof(c);
+    else if (n > 0)
+        c->last_input = zn_loop_now(c->loop);
+    else if (n == ZN_ENOMEM)
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+    else if (n != ZN_EAGAIN)
+        zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
+    if (in_max > 0 && zn_buf_len(&c->in) > in_max &&
+        atomic_load(&c->state) == ZN__OPEN) {
+        ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: over %zu bytes of unread input, "
+                  "closing", zn_conn_peer(c), in_max);
+        zn__conn_close_loop(c, ZN_CLOSE_INPUT_CAP, true);
+    }
+}
+
+
+/* The loop holds a reference across the callbacks, so a handler may close
+ * (and the last user drop) the connection while it runs. */
+static void
+zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
+{
+    zn_conn_t *c = ud;
+
+    (void)io;
+    zn_conn_ref(c);
+    if ((events & ZN_READABLE) && (c->io.events & ZN_READABLE))
+        zn__conn_read(c);
+    if ((events & ZN_WRITABLE) || zn_buf_len(&c->out) > 0)
+        zn__conn_flush(c);
+    else
+        zn__conn_update_io(c);
+    zn_conn_unref(c);
+}
+
+
+/* One timer per connection serves the idle time-out while open and the
+ * linger bound of a graceful close. It is re-armed lazily: input only
+ * moves last_input; the timer checks it when it fires. */
+static void
+zn__conn_timer_cb(zn_timer_t *t, void *ud)
+{
+    zn_conn_t *c = ud;
+    uint64_t idle = c->limits->idle_ms, now = zn_loop_now(c->loop);
+    int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+
+    (void)t;
+    if (st == ZN__CLOSING) {
+        zn__conn_close_loop(c, (zn_close_reason_t)c->reason, true);
+        return;
+    }
+    if (st != ZN__OPEN || idle == 0)
+        return;
+    if (now - c->last_input < idle) {
+        zn_timer_start(&c->timer, idle - (now - c->last_input), 0);
+        return;
+    }
+    ZN_LOG_RL(ZN_LOG_INFO, 10, "%s: idle for %llu ms, closing",
+              zn_conn_peer(c), (unsigned long long)idle);
+    zn__conn_close_loop(c, ZN_CLOSE_IDLE, false);
+}
+
+
+void
+zn_conn_pause_read(zn_conn_t *c)
+{
+    c->paused_user = 1;
+    zn__conn_update_io(c);
+}
+
+
+void
+zn_conn_resume_read(zn_conn_t *c)
+{
+    c->paused_user = 0;
+    zn__conn_update_io(c);
+}

@@ -1,0 +1,45 @@
+/*
+ * internal.h: helpers shared by znet's source files. Not installed.
+ */
+#ifndef ZNET_INTERNAL_H
+#define ZNET_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "znet/common.h"
+
+/* Allocation through the hooks of zn_set_allocator(). */
+void *zn__malloc(size_t size);
+void *zn__realloc(void *ptr, size_t size);
+void *zn__calloc(size_t count, size_t size);
+void zn__free(void *ptr);
+char *zn__strdup(const char *s);
+
+#define zn__container_of(ptr, type, member)                                   \
+    ((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define ZN__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Counters written by one thread and read by any: a relaxed load and store
+ * (no locked instruction on the hot path) that TSan accepts.
+ */
+static inline void
+zn__counter_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t
+zn__counter_get(const _Atomic uint64_t *c)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)c, memory_order_relaxed);
+}
+
+/* Closes an fd, retrying nothing: on Linux the fd is gone even on EINTR. */
+void zn__close_fd(int fd);
+
+#endif /* ZNET_INTERNAL_H */

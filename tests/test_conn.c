@@ -1,0 +1,610 @@
+/*
+ * test_conn.c: a connection's lifetime, sends from any thread, closing,
+ * half-close, flow control and limits, over real loopback sockets.
+ */
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+typedef struct {
+    _Atomic(zn_conn_t *) conn;   /* a reference taken in on_connect */
+    _Atomic int closes;
+    _Atomic int close_reason;
+    _Atomic int high_water;
+    _Atomic int nested_close;    /* on_close ran inside another callback */
+    _Atomic long data_bytes;
+    int in_data;
+    size_t push;                 /* bytes to push on connect */
+    bool close_after_push;
+    bool abort_after_push;
+    bool echo;
+    bool close_in_data;
+    bool never_consume;
+} conn_fx_t;
+
+
+static void
+fx_on_connect(zn_conn_t *c, void *ud)
+{
+    conn_fx_t *fx = ud;
+    size_t off = 0, n;
+    char *p;
+
+    zn_conn_ref(c);
+    atomic_store(&fx->conn, c);
+    if (fx->push == 0)
+        return;
+    p = malloc(65536);
+    for (off = 0; off < fx->push; off += n) {
+        n = fx->push - off < 65536 ? fx->push - off : 65536;
+        tu_pattern(p, n, 7, off);
+        assert_int_equal(zn_conn_send(c, p, n), 0);
+    }
+    free(p);
+    if (fx->close_after_push)
+        zn_conn_close(c);
+    if (fx->abort_after_push)
+        zn_conn_abort(c);
+}
+
+
+static void
+fx_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
+{
+    conn_fx_t *fx = ud;
+
+    fx->in_data = 1;
+    atomic_fetch_add(&fx->data_bytes, (long)zn_buf_len(in));
+    if (fx->echo)
+        assert_int_equal(zn_conn_send(c, zn_buf_peek(in), zn_buf_len(in)), 0);
+    if (!fx->never_consume)
+        zn_buf_consume(in, zn_buf_len(in));
+    if (fx->close_in_data) {
+        zn_conn_close(c);
+        zn_conn_close(c); /* idempotent */
+    }
+    fx->in_data = 0;
+}
+
+
+static void
+fx_on_high_water(zn_conn_t *c, size_t queued, void *ud)
+{
+    (void)c;
+    assert_true(queued > 0);
+    atomic_fetch_add(&((conn_fx_t *)ud)->high_water, 1);
+}
+
+
+static void
+fx_on_close(zn_conn_t *c, zn_close_reason_t reason, void *ud)
+{
+    conn_fx_t *fx = ud;
+
+    (void)c;
+    if (fx->in_data)
+        atomic_store(&fx->nested_close, 1);
+    atomic_store(&fx->close_reason, (int)reason);
+    atomic_fetch_add(&fx->closes, 1);
+}
+
+
+static void
+fx_opts(zn_server_opts_t *o, conn_fx_t *fx)
+{
+    zn_server_opts_default(o);
+    o->handler.on_connect = fx_on_connect;
+    o->handler.on_data = fx_on_data;
+    o->handler.on_high_water = fx_on_high_water;
+    o->handler.on_close = fx_on_close;
+    o->handler.ud = fx;
+}
+
+
+static int
+fx_has_conn(void *ud)
+{
+    return atomic_load(&((conn_fx_t *)ud)->conn) != NULL;
+}
+
+
+static int
+fx_closed(void *ud)
+{
+    return atomic_load(&((conn_fx_t *)ud)->closes) > 0;
+}
+
+
+static zn_conn_t *
+fx_wait_conn(conn_fx_t *fx)
+{
+    assert_true(tu_wait_until(fx_has_conn, fx, 5000));
+    return atomic_load(&fx->conn);
+}
+
+/* ---- sends from other threads ---------------------------------------- */
+
+typedef struct {
+    zn_conn_t *c;
+    int id;
+    int n;
+    _Atomic int *enotconn;
+} sender_t;
+
+
+static void *
+sender_main(void *arg)
+{
+    sender_t *s = arg;
+    uint32_t msg[2];
+    int i, rc;
+
+    for (i = 0; i < s->n; i++) {
+        msg[0] = (uint32_t)s->id;
+        msg[1] = (uint32_t)i;
+        rc = zn_conn_send(s->c, msg, sizeof(msg));
+        if (rc == ZN_ENOTCONN) {
+            atomic_fetch_add(s->enotconn, 1);
+            return NULL;
+        }
+        assert_int_equal(rc, 0);
+    }
+    return NULL;
+}
+
+
+static void
+test_send_from_another_thread_arrives_in_order(void **state)
+{
+    enum { N = 20000 };
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    sender_t s;
+    pthread_t th;
+    _Atomic int enc = 0;
+    uint32_t msg[2];
+    int fd, i;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    s = (sender_t){fx_wait_conn(&fx), 3, N, &enc};
+    pthread_create(&th, NULL, sender_main, &s);
+    for (i = 0; i < N; i++) {
+        assert_int_equal(tu_read_exact(fd, msg, sizeof(msg)), 0);
+        assert_int_equal(msg[0], 3);
+        assert_int_equal(msg[1], (uint32_t)i);
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&enc), 0);
+    close(fd);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_PEER);
+    zn_conn_unref(s.c);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_close_from_another_thread_while_sends_in_flight(void **state)
+{
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    sender_t s[4];
+    pthread_t th[4];
+    _Atomic int enc = 0;
+    zn_conn_t *c;
+    long got;
+    int fd, i, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    c = fx_wait_conn(&fx);
+    for (i = 0; i < 4; i++) {
+        s[i] = (sender_t){c, i, 1000000, &enc};
+        pthread_create(&th[i], NULL, sender_main, &s[i]);
+    }
+    usleep(20000);
+    zn_conn_close(c); /* from this thread, while four others send */
+    for (i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&enc), 4); /* each saw the close */
+    got = tu_read_to_eof(fd, 1L << 30, &err);
+    assert_true(got >= 0);
+    assert_true(got % 8 == 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.closes), 1);
+    assert_int_equal(zn_conn_send(c, "x", 1), ZN_ENOTCONN);
+    zn_conn_unref(c);
+    close(fd);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_reference_held_after_close(void **state)
+{
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    zn_conn_t *c;
+    uint64_t id;
+    int fd;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    c = fx_wait_conn(&fx);
+    id = zn_conn_id(c);
+    assert_true(zn_conn_is_open(c));
+    close(fd);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    /* The memory is still ours; every operation fails cleanly. */
+    assert_false(zn_conn_is_open(c));
+    assert_int_equal(zn_conn_send(c, "late", 4), ZN_ENOTCONN);
+    zn_conn_close(c);
+    zn_conn_abort(c);
+    assert_int_equal(zn_conn_id(c), id);
+    assert_null(zn_server_find(ts.srv, id));
+    zn_conn_unref(c); /* the last reference: ASan checks it is freed */
+    tu_server_stop(&ts);
+}
+
+/* ---- closing --------------------------------------------------------- */
+
+
+static void
+test_graceful_close_flushes_queued_output(void **state)
+{
+    enum { SIZE = 8 << 20 };
+    conn_fx_t fx = {.push = SIZE, .close_after_push = true};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    char *buf = malloc(SIZE + 1);
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.out_hard = 0;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    usleep(50000); /* let the queue build up before reading */
+    assert_int_equal(tu_read_exact(fd, buf, SIZE), 0);
+    assert_true(tu_pattern_check(buf, SIZE, 7, 0));
+    assert_int_equal(tu_read_to_eof(fd, 1, &err), 0); /* then EOF */
+    assert_int_equal(err, 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_LOCAL);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    free(buf);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_abortive_close_drops_output_and_resets(void **state)
+{
+    conn_fx_t fx = {.push = 4 << 20, .abort_after_push = true};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    long got;
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.out_hard = 0;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    got = tu_read_to_eof(fd, 1L << 30, &err);
+    assert_true(got < (4 << 20));
+    assert_int_equal(err, -ECONNRESET);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_peer_half_close_gets_replies_then_close(void **state)
+{
+    enum { SIZE = 300000 };
+    conn_fx_t fx = {.echo = true};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    char *out = malloc(SIZE), *in = malloc(SIZE);
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    tu_pattern(out, SIZE, 11, 0);
+    tu_write_all(fd, out, SIZE);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    assert_int_equal(tu_read_exact(fd, in, SIZE), 0);
+    assert_memory_equal(in, out, SIZE);
+    assert_int_equal(tu_read_to_eof(fd, 1, &err), 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_PEER);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    free(out);
+    free(in);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_close_inside_on_data_runs_on_close_once_later(void **state)
+{
+    conn_fx_t fx = {.close_in_data = true};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    tu_write_all(fd, "bye", 3);
+    assert_int_equal(tu_read_to_eof(fd, 1, &err), 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    usleep(10000);
+    assert_int_equal(atomic_load(&fx.closes), 1);
+    assert_int_equal(atomic_load(&fx.nested_close), 0);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    tu_server_stop(&ts);
+}
+
+/* ---- flow control and limits ----------------------------------------- */
+
+
+static int
+fx_high_water(void *ud)
+{
+    return atomic_load(&((conn_fx_t *)ud)->high_water) > 0;
+}
+
+
+static int
+fx_got_data(void *ud)
+{
+    return atomic_load(&((conn_fx_t *)ud)->data_bytes) > 0;
+}
+
+
+static void
+test_high_water_pauses_reading_until_low_mark(void **state)
+{
+    enum { PUSH = 8 << 20 };
+    conn_fx_t fx = {.push = PUSH};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    char *buf = malloc(PUSH);
+    int fd;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.out_high = 1 << 20;
+    o.limits.out_low = 256 << 10;
+    o.limits.out_hard = 0;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    assert_true(tu_wait_until(fx_high_water, &fx, 5000));
+    tu_write_all(fd, "ping", 4);
+    usleep(100000);
+    /* Reading is paused: the bytes wait in the kernel. */
+    assert_int_equal(atomic_load(&fx.data_bytes), 0);
+    assert_int_equal(tu_server_stats(&ts).high_water_events, 1);
+    assert_int_equal(tu_read_exact(fd, buf, PUSH), 0);
+    assert_true(tu_pattern_check(buf, PUSH, 7, 0));
+    /* Drained below the low mark: reading resumed. */
+    assert_true(tu_wait_until(fx_got_data, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.data_bytes), 4);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    free(buf);
+    tu_server_stop(&ts);
+}
+
+
+typedef struct {
+    zn_conn_t *c;
+    int rc;
+} push_ctx_t;
+
+
+/* On the loop: pushes until the hard bound closes the connection. */
+static void
+push_until_closed(void *ud)
+{
+    push_ctx_t *p = ud;
+    static char chunk[65536];
+    int i;
+
+    for (i = 0; i < 4096; i++)
+        if ((p->rc = zn_conn_send(p->c, chunk, sizeof(chunk))) != 0)
+            return;
+}
+
+
+static void
+test_output_hard_cap_closes_and_counts(void **state)
+{
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    push_ctx_t p;
+    int fd;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.out_high = 1 << 20;
+    o.limits.out_low = 256 << 10;
+    o.limits.out_hard = 4 << 20;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    p.c = fx_wait_conn(&fx);
+    tu_run_on(ts.loop, push_until_closed, &p);
+    assert_int_equal(p.rc, ZN_ENOBUFS);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_OUTPUT_CAP);
+    assert_int_equal(tu_server_stats(&ts).closes[ZN_CLOSE_OUTPUT_CAP], 1);
+    zn_conn_unref(p.c);
+    close(fd);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_unconsumed_input_over_cap_closes(void **state)
+{
+    conn_fx_t fx = {.never_consume = true};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    char *buf = calloc(1, 1 << 20);
+    long got;
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.in_max = 256 << 10;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    (void)send(fd, buf, 1 << 20, MSG_NOSIGNAL);
+    got = tu_read_to_eof(fd, 1, &err);
+    assert_true(got <= 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_INPUT_CAP);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    free(buf);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_idle_timeout_closes(void **state)
+{
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    uint64_t t0;
+    int fd, err;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.idle_ms = 100;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    t0 = zn_now_ms();
+    usleep(60000);
+    tu_write_all(fd, "x", 1); /* input moves the deadline */
+    assert_int_equal(tu_read_to_eof(fd, 1, &err), 0);
+    assert_true(zn_now_ms() - t0 >= 150);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    assert_int_equal(atomic_load(&fx.close_reason), ZN_CLOSE_IDLE);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(fd);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_no_sigpipe_when_peer_resets(void **state)
+{
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    struct linger lg = {1, 0};
+    push_ctx_t p;
+    int fd;
+
+    (void)state;
+    signal(SIGPIPE, SIG_DFL); /* the library must not rely on SIG_IGN */
+    fx_opts(&o, &fx);
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    p.c = fx_wait_conn(&fx);
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd); /* RST */
+    usleep(20000);
+    tu_run_on(ts.loop, push_until_closed, &p);
+    assert_true(p.rc != 0);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    zn_conn_unref(p.c);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_adopted_socketpair_echoes(void **state)
+{
+    conn_fx_t fx = {.echo = true};
+    zn_conn_limits_t lim;
+    zn_handler_t h = {0};
+    zn_loop_t *loop;
+    zn_conn_t *c;
+    char buf[5];
+    int sv[2];
+
+    (void)state;
+    zn_conn_limits_default(&lim);
+    h.on_connect = fx_on_connect;
+    h.on_data = fx_on_data;
+    h.on_close = fx_on_close;
+    h.ud = &fx;
+    assert_int_equal(zn_loop_new(&loop), 0);
+    assert_int_equal(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, &c), 0);
+    assert_int_equal(write(sv[1], "hello", 5), 5);
+    while (atomic_load(&fx.data_bytes) < 5)
+        zn_loop_run_once(loop, 1000);
+    assert_int_equal(read(sv[1], buf, 5), 5);
+    assert_memory_equal(buf, "hello", 5);
+    zn_conn_close(c);
+    while (atomic_load(&fx.closes) == 0)
+        zn_loop_run_once(loop, 1000);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(sv[1]);
+    zn_loop_free(loop);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_send_from_another_thread_arrives_in_order),
+        cmocka_unit_test(test_close_from_another_thread_while_sends_in_flight),
+        cmocka_unit_test(test_reference_held_after_close),
+        cmocka_unit_test(test_graceful_close_flushes_queued_output),
+        cmocka_unit_test(test_abortive_close_drops_output_and_resets),
+        cmocka_unit_test(test_peer_half_close_gets_replies_then_close),
+        cmocka_unit_test(test_close_inside_on_data_runs_on_close_once_later),
+        cmocka_unit_test(test_high_water_pauses_reading_until_low_mark),
+        cmocka_unit_test(test_output_hard_cap_closes_and_counts),
+        cmocka_unit_test(test_unconsumed_input_over_cap_closes),
+        cmocka_unit_test(test_idle_timeout_closes),
+        cmocka_unit_test(test_no_sigpipe_when_peer_resets),
+        cmocka_unit_test(test_adopted_socketpair_echoes),
+    };
+
+    tu_alarm(120);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
