@@ -618,6 +618,7 @@ zn__conn_send_task(void *ud)
     zn__send_req_t *r = ud;
     struct iovec iov = {r->data, r->len};
 
+    atomic_fetch_sub(&r->c->posted, r->len);
     if (zn__conn_send_loop(r->c, &iov, 1) == ZN_ENOTCONN)
         zn__counter_add(&r->c->stats->sends_dropped, 1);
     zn_conn_unref(r->c);
@@ -625,11 +626,16 @@ zn__conn_send_task(void *ud)
 }
 
 
-/* From another thread: one allocation holds the task and the copy. */
+/*
+ * From another thread: one allocation holds the task and the copy. Bytes
+ * in flight to the loop count against the hard bound too, so a thread that
+ * sends faster than the loop writes gets ZN_ENOBUFS instead of growing the
+ * task queue without end.
+ */
 static int
 zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 {
-    size_t total = 0, off = 0;
+    size_t total = 0, off = 0, hard = c->limits->out_hard;
     zn__send_req_t *r;
     int i, rc;
 
@@ -638,8 +644,14 @@ zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
             return ZN_EINVAL;
         total += iov[i].iov_len;
     }
-    if ((r = zn__malloc(sizeof(*r) + total)) == NULL)
+    if (hard > 0 && atomic_fetch_add(&c->posted, total) + total > hard) {
+        atomic_fetch_sub(&c->posted, total);
+        return ZN_ENOBUFS;
+    }
+    if ((r = zn__malloc(sizeof(*r) + total)) == NULL) {
+        atomic_fetch_sub(&c->posted, total);
         return ZN_ENOMEM;
+    }
     for (i = 0; i < iovcnt; i++) {
         memcpy(r->data + off, iov[i].iov_base, iov[i].iov_len);
         off += iov[i].iov_len;
@@ -648,6 +660,7 @@ zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
     r->len = total;
     zn_conn_ref(c);
     if ((rc = zn_loop_post(c->loop, zn__conn_send_task, r)) != 0) {
+        atomic_fetch_sub(&c->posted, total);
         zn_conn_unref(c);
         zn__free(r);
     }

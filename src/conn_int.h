@@ -37,6 +37,7 @@ struct zn_conn_s {
     zn__conn_closed_fn closed_fn;
     void *owner;
     _Atomic(void *) data;
+    _Atomic size_t posted;     /* bytes sent from other threads, in flight */
     zn_timer_t timer;          /* idle time-out, then close linger */
     uint64_t last_input;       /* loop ms of the last read */
     unsigned in_cb;            /* depth of handler callbacks running */

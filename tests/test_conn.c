@@ -137,14 +137,17 @@ typedef struct {
 } sender_t;
 
 
+/* Sends n numbered messages (n < 0: until the connection closes). A full
+ * pipe to the loop (ZN_ENOBUFS) means: wait a little and retry. */
 static void *
 sender_main(void *arg)
 {
     sender_t *s = arg;
+    uint64_t deadline = zn_now_ms() + 20000;
     uint32_t msg[2];
     int i, rc;
 
-    for (i = 0; i < s->n; i++) {
+    for (i = 0; s->n < 0 || i < s->n;) {
         msg[0] = (uint32_t)s->id;
         msg[1] = (uint32_t)i;
         rc = zn_conn_send(s->c, msg, sizeof(msg));
@@ -152,7 +155,13 @@ sender_main(void *arg)
             atomic_fetch_add(s->enotconn, 1);
             return NULL;
         }
+        assert_true(zn_now_ms() < deadline);
+        if (rc == ZN_ENOBUFS) {
+            usleep(100);
+            continue;
+        }
         assert_int_equal(rc, 0);
+        i++;
     }
     return NULL;
 }
@@ -211,7 +220,7 @@ test_close_from_another_thread_while_sends_in_flight(void **state)
     fd = tu_connect(ts.port);
     c = fx_wait_conn(&fx);
     for (i = 0; i < 4; i++) {
-        s[i] = (sender_t){c, i, 1000000, &enc};
+        s[i] = (sender_t){c, i, -1, &enc};
         pthread_create(&th[i], NULL, sender_main, &s[i]);
     }
     usleep(20000);
@@ -224,9 +233,68 @@ test_close_from_another_thread_while_sends_in_flight(void **state)
     assert_true(got % 8 == 0);
     assert_true(tu_wait_until(fx_closed, &fx, 5000));
     assert_int_equal(atomic_load(&fx.closes), 1);
+    /* Our close, or the hard bound if the senders filled it first. */
+    assert_true(atomic_load(&fx.close_reason) == ZN_CLOSE_LOCAL ||
+                atomic_load(&fx.close_reason) == ZN_CLOSE_OUTPUT_CAP);
     assert_int_equal(zn_conn_send(c, "x", 1), ZN_ENOTCONN);
     zn_conn_unref(c);
     close(fd);
+    tu_server_stop(&ts);
+}
+
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int release;
+} blocker_t;
+
+
+static void
+block_loop_task(void *ud)
+{
+    blocker_t *b = ud;
+
+    pthread_mutex_lock(&b->mu);
+    while (!b->release)
+        pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+}
+
+
+static void
+test_sends_from_thread_are_bounded_while_loop_is_busy(void **state)
+{
+    static char chunk[64 << 10];
+    blocker_t b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    conn_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    zn_conn_t *c;
+    size_t sent = 0;
+    int fd, rc;
+
+    (void)state;
+    fx_opts(&o, &fx);
+    o.limits.out_hard = 1 << 20;
+    tu_server_start(&ts, &o);
+    fd = tu_connect(ts.port);
+    c = fx_wait_conn(&fx);
+    assert_int_equal(zn_loop_post(ts.loop, block_loop_task, &b), 0);
+    while ((rc = zn_conn_send(c, chunk, sizeof(chunk))) == 0)
+        sent += sizeof(chunk);
+    /* The loop is stuck, so nothing was queued: the posted bytes hit the
+     * bound, and the connection is still open. */
+    assert_int_equal(rc, ZN_ENOBUFS);
+    assert_int_equal(sent, 1 << 20);
+    assert_true(zn_conn_is_open(c));
+    pthread_mutex_lock(&b.mu);
+    b.release = 1;
+    pthread_cond_signal(&b.cv);
+    pthread_mutex_unlock(&b.mu);
+    close(fd);
+    assert_true(tu_wait_until(fx_closed, &fx, 5000));
+    zn_conn_unref(c);
     tu_server_stop(&ts);
 }
 
@@ -592,6 +660,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_from_another_thread_arrives_in_order),
         cmocka_unit_test(test_close_from_another_thread_while_sends_in_flight),
+        cmocka_unit_test(
+            test_sends_from_thread_are_bounded_while_loop_is_busy),
         cmocka_unit_test(test_reference_held_after_close),
         cmocka_unit_test(test_graceful_close_flushes_queued_output),
         cmocka_unit_test(test_abortive_close_drops_output_and_resets),

@@ -122,8 +122,11 @@ ZN_EXTERN bool zn_conn_is_open(const zn_conn_t *c);
  * another thread, the copy is posted to the loop and written there in
  * posting order.
  * Returns 0; ZN_ENOTCONN if the connection is closed or closing (nothing
- * happens); ZN_ENOMEM. If the queue passes the hard bound the connection is
- * closed (reason ZN_CLOSE_OUTPUT_CAP) and ZN_ENOBUFS is returned. Data
+ * happens); ZN_ENOMEM. On the loop thread, if the queue would pass the hard
+ * bound the connection is closed (reason ZN_CLOSE_OUTPUT_CAP) and
+ * ZN_ENOBUFS is returned. From another thread, ZN_ENOBUFS means that the
+ * bytes already posted and not yet queued by the loop would pass the hard
+ * bound: nothing was sent, the connection stays open, try again later. Data
  * posted from another thread to a connection that closes before the loop
  * runs the post is dropped and counted (stats: sends_dropped).
  */
