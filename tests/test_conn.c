@@ -12,8 +12,8 @@
 #include "testutil.h"
 
 typedef struct {
-    _Atomic(zn_conn_t *) conn;   /* a reference taken in on_connect */
     _Atomic int closes;
+    _Atomic(zn_conn_t *) conn;   /* a reference taken in on_connect */
     _Atomic int close_reason;
     _Atomic int high_water;
     _Atomic int nested_close;    /* on_close ran inside another callback */

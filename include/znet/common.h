@@ -46,6 +46,7 @@ extern "C" {
     X(ECONNABORTED, "software caused connection abort")                     \
     X(ECONNREFUSED, "connection refused")                                   \
     X(ECONNRESET, "connection reset by peer")                               \
+    X(EDEADLK, "resource deadlock avoided")                                 \
     X(EEXIST, "already exists")                                             \
     X(EHOSTUNREACH, "host is unreachable")                                  \
     X(EINVAL, "invalid argument")                                           \
