@@ -31,6 +31,7 @@ static void zn__conn_timer_cb(zn_timer_t *t, void *ud);
 static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
                                 bool abortive);
 static void zn__conn_flush(zn_conn_t *c);
+static void zn__conn_arm(zn_conn_t *c);
 
 
 const char *
@@ -238,8 +239,7 @@ zn__conn_start(zn_conn_t *c)
 {
     zn__counter_add(&c->stats->live, 1);
     c->last_input = zn_loop_now(c->loop);
-    if (c->limits->idle_ms > 0)
-        zn_timer_start(&c->timer, c->limits->idle_ms, 0);
+    zn__conn_arm(c);
     zn_conn_ref(c);
     c->in_cb++;
     c->batching = 1;
@@ -825,14 +825,56 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
 }
 
 
-/* One timer per connection serves the idle time-out while open and the
- * linger bound of a graceful close. It is re-armed lazily: input only
- * moves last_input; the timer checks it when it fires. */
+/* When the timer must fire next while open: the earlier of the idle
+ * expiry and the deadline; UINT64_MAX for never. */
+static uint64_t
+zn__conn_next_due(const zn_conn_t *c)
+{
+    uint64_t idle = c->limits->idle_ms, due = UINT64_MAX;
+
+    if (idle > 0)
+        due = c->last_input + idle;
+    if (c->deadline > 0 && c->deadline < due)
+        due = c->deadline;
+    return due;
+}
+
+
+/* Moves the timer only if it must fire earlier than it will; a timer that
+ * fires early finds nothing due and re-arms itself. */
+static void
+zn__conn_arm(zn_conn_t *c)
+{
+    uint64_t due = zn__conn_next_due(c), now = zn_loop_now(c->loop);
+
+    if (due == UINT64_MAX ||
+        atomic_load_explicit(&c->state, memory_order_relaxed) != ZN__OPEN)
+        return;
+    if (zn_timer_active(&c->timer) && c->timer.due <= due)
+        return;
+    zn_timer_start(&c->timer, due > now ? due - now : 0, 0);
+}
+
+
+void
+zn_conn_set_deadline(zn_conn_t *c, uint64_t ms)
+{
+    uint64_t now = zn_loop_now(c->loop);
+
+    c->deadline = ms == 0 ? 0 : ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+    if (ms > 0)
+        zn__conn_arm(c);
+}
+
+
+/* One timer per connection serves the idle time-out and the deadline
+ * while open, and the linger bound of a graceful close. It is re-armed
+ * lazily: input only moves last_input; the timer checks when it fires. */
 static void
 zn__conn_timer_cb(zn_timer_t *t, void *ud)
 {
     zn_conn_t *c = ud;
-    uint64_t idle = c->limits->idle_ms, now = zn_loop_now(c->loop);
+    uint64_t now = zn_loop_now(c->loop);
     int st = atomic_load_explicit(&c->state, memory_order_relaxed);
 
     (void)t;
@@ -840,15 +882,21 @@ zn__conn_timer_cb(zn_timer_t *t, void *ud)
         zn__conn_close_loop(c, (zn_close_reason_t)c->reason, true);
         return;
     }
-    if (st != ZN__OPEN || idle == 0)
+    if (st != ZN__OPEN)
         return;
-    if (now - c->last_input < idle) {
-        zn_timer_start(&c->timer, idle - (now - c->last_input), 0);
+    if (c->deadline > 0 && now >= c->deadline) {
+        ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: deadline passed, closing",
+                  zn_conn_peer(c));
+        zn__conn_close_loop(c, ZN_CLOSE_DEADLINE, true);
         return;
     }
-    ZN_LOG_RL(ZN_LOG_INFO, 10, "%s: idle for %llu ms, closing",
-              zn_conn_peer(c), (unsigned long long)idle);
-    zn__conn_close_loop(c, ZN_CLOSE_IDLE, false);
+    if (c->limits->idle_ms > 0 && now - c->last_input >= c->limits->idle_ms) {
+        ZN_LOG_RL(ZN_LOG_INFO, 10, "%s: idle for %llu ms, closing",
+                  zn_conn_peer(c), (unsigned long long)c->limits->idle_ms);
+        zn__conn_close_loop(c, ZN_CLOSE_IDLE, false);
+        return;
+    }
+    zn__conn_arm(c);
 }
 
 

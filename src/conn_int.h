@@ -40,6 +40,7 @@ struct zn_conn_s {
     _Atomic size_t posted;     /* bytes sent from other threads, in flight */
     zn_timer_t timer;          /* idle time-out, then close linger */
     uint64_t last_input;       /* loop ms of the last read */
+    uint64_t deadline;         /* loop ms; 0: none (zn_conn_set_deadline) */
     unsigned in_cb;            /* depth of handler callbacks running */
     unsigned char reason;      /* zn_close_reason_t once closing */
     unsigned paused_user : 1;

@@ -166,6 +166,16 @@ ZN_EXTERN void zn_conn_resume_read(zn_conn_t *c);
 /* Bytes queued for writing. */
 ZN_EXTERN size_t zn_conn_out_len(const zn_conn_t *c);
 
+/*
+ * Arms the connection's deadline `ms` from now (0: clears it). If it is
+ * neither cleared nor moved before it passes, the connection is closed
+ * abortively with reason ZN_CLOSE_DEADLINE. One deadline per connection,
+ * for protocol handlers (the message layer's frame deadline). Cheap: it
+ * shares the connection's timer and only moves it when it must fire
+ * earlier.
+ */
+ZN_EXTERN void zn_conn_set_deadline(zn_conn_t *c, uint64_t ms);
+
 /* The socket's descriptor (-1 once closed). Do not close it. */
 ZN_EXTERN int zn_conn_fd(const zn_conn_t *c);
 

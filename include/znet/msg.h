@@ -139,10 +139,16 @@ ZN_EXTERN void zn_msg_service_shutdown(zn_msg_service_t *svc);
 ZN_EXTERN uint64_t zn_msg_service_pending(const zn_msg_service_t *svc);
 
 /*
- * Stops and joins the workers (requests still queued are answered
- * SHUTTING_DOWN) and frees the service. Call after the servers using it
- * have stopped; a deferred request still held by the application keeps
- * what it needs alive, and its reply is dropped and counted.
+ * Stops and joins the workers; requests still queued are answered
+ * SHUTTING_DOWN, and so is every request that arrives later. Call while
+ * the loops of the connections still exist (before zn_server_stop() for a
+ * server with IO threads), so that those answers reach them. Idempotent.
+ */
+ZN_EXTERN void zn_msg_service_stop(zn_msg_service_t *svc);
+
+/*
+ * Stops the service if needed and frees it. Call after the servers using
+ * it have stopped, and after every deferred request has been answered.
  */
 ZN_EXTERN void zn_msg_service_free(zn_msg_service_t *svc);
 

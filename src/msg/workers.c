@@ -1,0 +1,142 @@
+/*
+ * workers.c: the worker pool (the seed's AsyncRequestMfcMap). Decoded
+ * requests wait in a bounded FIFO; worker threads run their handlers; the
+ * answers go back to each connection's loop through its task queue and
+ * eventfd (service.c). A full queue refuses at once (OVERLOADED): the
+ * queue never grows without bound. In ordered mode every worker has its
+ * own queue and a connection's requests always go to the same one, so its
+ * answers keep their order.
+ */
+#include <string.h>
+
+#include "msg_int.h"
+#include "znet/log.h"
+
+
+static zn_msg_req_t *
+zn__queue_pop(zn_msg_service_t *svc, zn__msg_queue_t *q)
+{
+    zn_msg_req_t *req;
+
+    pthread_mutex_lock(&q->mu);
+    while (q->head == NULL && !atomic_load(&svc->stopping))
+        pthread_cond_wait(&q->cv, &q->mu);
+    req = q->head;
+    if (req != NULL) {
+        q->head = req->next;
+        if (q->head == NULL)
+            q->tail = NULL;
+        q->n--;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return req;
+}
+
+
+/* Runs requests until the service stops; requests still queued then are
+ * answered SHUTTING_DOWN rather than run. */
+static void *
+zn__worker_main(void *arg)
+{
+    zn__msg_worker_t *w = arg;
+    zn_msg_service_t *svc = w->svc;
+    zn_msg_req_t *req;
+
+    while ((req = zn__queue_pop(svc, w->q)) != NULL) {
+        atomic_fetch_sub(&svc->st.queued, 1);
+        if (!atomic_load(&svc->stopping)) {
+            zn__msg_run(req);
+            continue;
+        }
+        (void)zn_msg_reply_error(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
+        zn__msg_req_unref(req); /* the handler phase, never run */
+    }
+    return NULL;
+}
+
+
+int
+zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *req)
+{
+    unsigned i = svc->o.ordered
+                     ? (unsigned)(zn_conn_id(req->conn) % svc->nqueues)
+                     : 0;
+    zn__msg_queue_t *q = &svc->queues[i];
+
+    /* Checked under the lock that workers exit under: once they have
+     * seen the stop with an empty queue, nothing more gets in. */
+    pthread_mutex_lock(&q->mu);
+    if (atomic_load(&svc->stopping) || q->n >= q->max) {
+        pthread_mutex_unlock(&q->mu);
+        return atomic_load(&svc->stopping) ? ZN_ESHUTDOWN : ZN_ENOBUFS;
+    }
+    req->next = NULL;
+    if (q->tail != NULL)
+        q->tail->next = req;
+    else
+        q->head = req;
+    q->tail = req;
+    q->n++;
+    atomic_fetch_add(&svc->st.queued, 1);
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
+
+int
+zn__msg_workers_start(zn_msg_service_t *svc)
+{
+    unsigned n = svc->o.workers, i, total;
+    int rc;
+
+    if (n == 0)
+        return 0;
+    svc->nqueues = svc->o.ordered ? n : 1;
+    total = svc->o.queue_max ? svc->o.queue_max : 1024 * n;
+    svc->queues = zn__calloc(svc->nqueues, sizeof(*svc->queues));
+    svc->workers = zn__calloc(n, sizeof(*svc->workers));
+    if (svc->queues == NULL || svc->workers == NULL)
+        return ZN_ENOMEM;
+    for (i = 0; i < svc->nqueues; i++) {
+        pthread_mutex_init(&svc->queues[i].mu, NULL);
+        pthread_cond_init(&svc->queues[i].cv, NULL);
+        svc->queues[i].max = total / svc->nqueues ? total / svc->nqueues : 1;
+    }
+    for (i = 0; i < n; i++) {
+        svc->workers[i].svc = svc;
+        svc->workers[i].q = &svc->queues[svc->o.ordered ? i : 0];
+        rc = pthread_create(&svc->workers[i].th, NULL, zn__worker_main,
+                            &svc->workers[i]);
+        if (rc != 0)
+            return -rc;
+        svc->workers[i].started = true;
+    }
+    return 0;
+}
+
+
+void
+zn__msg_workers_stop(zn_msg_service_t *svc)
+{
+    unsigned i;
+
+    atomic_store(&svc->shutting_down, 1);
+    atomic_store(&svc->stopping, 1);
+    for (i = 0; i < svc->nqueues && svc->queues != NULL; i++) {
+        pthread_mutex_lock(&svc->queues[i].mu);
+        pthread_cond_broadcast(&svc->queues[i].cv);
+        pthread_mutex_unlock(&svc->queues[i].mu);
+    }
+    for (i = 0; i < svc->o.workers && svc->workers != NULL; i++)
+        if (svc->workers[i].started)
+            pthread_join(svc->workers[i].th, NULL);
+    for (i = 0; i < svc->nqueues && svc->queues != NULL; i++) {
+        pthread_mutex_destroy(&svc->queues[i].mu);
+        pthread_cond_destroy(&svc->queues[i].cv);
+    }
+    zn__free(svc->queues);
+    zn__free(svc->workers);
+    svc->queues = NULL;
+    svc->workers = NULL;
+}
