@@ -332,16 +332,16 @@ zn_buf_read_fd(zn_buf_t *b, int fd, char *extra, size_t extra_len)
     if (extra == NULL || zn_buf_writable(b) >= extra_len)
         extra_len = 0;
     if (zn_buf_writable(b) == 0 && extra_len == 0) {
-        rc = zn_buf_reserve(b, room < ZN__BUF_READ_MIN ? room
-                                                       : ZN__BUF_READ_MIN);
+        rc = zn_buf_reserve(b,
+                            room < ZN__BUF_READ_MIN ? room : ZN__BUF_READ_MIN);
         if (rc != 0)
             return rc;
     }
     tail = zn_buf_writable(b) < room ? zn_buf_writable(b) : room;
     ext = extra_len < room - tail ? extra_len : room - tail;
     if (tail > 0)
-        iov[cnt++] = (struct iovec){.iov_base = zn_buf_tail(b),
-                                    .iov_len = tail};
+        iov[cnt++] =
+            (struct iovec){.iov_base = zn_buf_tail(b), .iov_len = tail};
     if (ext > 0)
         iov[cnt++] = (struct iovec){.iov_base = extra, .iov_len = ext};
     do

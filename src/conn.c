@@ -728,17 +728,16 @@ zn__conn_read_scratch(zn_conn_t *c, char *scratch)
     if (n <= 0)
         return n < 0 ? (errno == EWOULDBLOCK ? ZN_EAGAIN : -errno) : 0;
     zn__counter_add(&c->stats->bytes_in, (uint64_t)n);
-    zn_buf_init(&tmp);
-    tmp.data = scratch;
-    tmp.cap = ZN__SCRATCH_SIZE;
-    tmp.wpos = (size_t)n;
-    tmp.borrowed = 1;
+    zn_buf_init_borrowed(&tmp, scratch, (size_t)n, ZN__SCRATCH_SIZE);
     zn__conn_deliver(c, &tmp);
-    if (zn_buf_len(&tmp) > 0 &&
-        zn_buf_append(&c->in, zn_buf_peek(&tmp), zn_buf_len(&tmp)) != 0)
-        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
-    if (!tmp.borrowed)
+    /* Ends the borrow: what is left moves into owned storage, which then
+     * becomes the connection's input buffer (empty before this read). */
+    if (zn_buf_shrink(&tmp, 0) != 0) {
         zn_buf_free(&tmp);
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+        return n;
+    }
+    c->in = tmp;
     return n;
 }
 

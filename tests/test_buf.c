@@ -853,6 +853,22 @@ fail_calloc(size_t count, size_t size)
 }
 
 
+static void
+fail_allocations(void)
+{
+    assert_int_equal(
+        zn_set_allocator(fail_malloc, fail_realloc, fail_calloc, free), 0);
+}
+
+
+/* Teardown of the out-of-memory tests: runs even when an assert fails. */
+static int
+restore_allocator(void **state)
+{
+    return zn_set_allocator(malloc, realloc, calloc, free);
+}
+
+
 /* Asserts the buffer is field for field and byte for byte what it was. */
 static void
 assert_same(const zn_buf_t *b, const zn_buf_t *was, const char *bytes)
@@ -869,66 +885,110 @@ assert_same(const zn_buf_t *b, const zn_buf_t *was, const char *bytes)
 
 
 static void
-fails_cleanly_without_memory(void **state)
+enomem_first_storage(void **state)
 {
-    zn_buf_t empty, b, full, bor, was;
-    char area[16] = "borrowed bytes!";
-    char big[1024], extra[2048], saved[1024];
+    zn_buf_t b, was;
+    char extra[64];
     int sv[2];
 
-    fill_pat(big, sizeof(big), 0);
     make_pair(sv);
-    zn_buf_init(&empty);
     zn_buf_init(&b);
-    assert_int_equal(zn_buf_append(&b, big, 100), 0);
-    zn_buf_consume(&b, 1);
-    zn_buf_init(&full);
-    assert_int_equal(zn_buf_reserve(&full, 1), 0);
-    assert_int_equal(zn_buf_append(&full, big, full.cap), 0);
-    memcpy(saved, zn_buf_peek(&full), zn_buf_len(&full));
-    zn_buf_init_borrowed(&bor, area, sizeof(area), sizeof(area));
-    assert_int_equal(zn_set_allocator(fail_malloc, fail_realloc, fail_calloc,
-                                      free), 0);
-
-    was = empty;
-    assert_int_equal(zn_buf_append(&empty, "x", 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_prepend(&empty, "x", 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_reserve(&empty, 1), ZN_ENOMEM);
-    send_pat(sv[1], 10, 0);
-    assert_int_equal(zn_buf_read_fd(&empty, sv[0], extra, sizeof(extra)),
-                     ZN_ENOMEM);
-    assert_int_equal(zn_buf_read_fd(&empty, sv[0], NULL, 0), ZN_ENOMEM);
-    assert_same(&empty, &was, NULL);
-
-    was = full;
-    assert_int_equal(zn_buf_append(&full, big, 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_prepend(&full, big, 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_reserve(&full, 1), ZN_ENOMEM);
-    assert_same(&full, &was, saved);
-
-    /* Part of the read lands in the free tail, the rest in extra. */
     was = b;
+    fail_allocations();
+    assert_int_equal(zn_buf_append(&b, "x", 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_prepend(&b, "x", 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_reserve(&b, 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_read_fd(&b, sv[0], NULL, 0), ZN_ENOMEM);
+    send_pat(sv[1], 10, 0);
+    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+                     ZN_ENOMEM);
+    assert_same(&b, &was, NULL);
+    close_pair(sv);
+}
+
+
+static void
+enomem_growth(void **state)
+{
+    zn_buf_t b, was;
+    char chunk[1024], saved[1024];
+
+    fill_pat(chunk, sizeof(chunk), 0);
+    zn_buf_init(&b);
+    assert_int_equal(zn_buf_reserve(&b, 1), 0);
+    assert_int_equal(zn_buf_append(&b, chunk, b.cap), 0);
     memcpy(saved, zn_buf_peek(&b), zn_buf_len(&b));
+    was = b;
+    fail_allocations();
+    assert_int_equal(zn_buf_append(&b, chunk, 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_prepend(&b, chunk, 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_reserve(&b, 1), ZN_ENOMEM);
+    assert_same(&b, &was, saved);
+    zn_buf_free(&b);
+}
+
+
+static void
+enomem_read_fd_partly_in_tail(void **state)
+{
+    zn_buf_t b, was;
+    char extra[2048], saved[1024];
+    int sv[2];
+
+    make_pair(sv);
+    zn_buf_init(&b);
+    fill_pat(saved, sizeof(saved), 0);
+    assert_int_equal(zn_buf_append(&b, saved, 100), 0);
+    zn_buf_consume(&b, 1);
+    memcpy(saved, zn_buf_peek(&b), zn_buf_len(&b));
+    was = b;
     send_pat(sv[1], zn_buf_writable(&b) + 10, 0);
+    fail_allocations();
     assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
                      ZN_ENOMEM);
     assert_same(&b, &was, saved);
-    assert_int_equal(zn_buf_shrink(&b, 0), ZN_ENOMEM);
-    assert_same(&b, &was, saved);
-
-    was = bor;
-    assert_int_equal(zn_buf_append(&bor, "x", 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_prepend(&bor, "x", 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_shrink(&bor, 0), ZN_ENOMEM);
-    assert_same(&bor, &was, "borrowed bytes!");
-
-    assert_int_equal(zn_set_allocator(malloc, realloc, calloc, free), 0);
-    assert_int_equal(zn_buf_append(&bor, "x", 1), 0);
-    zn_buf_free(&bor);
-    zn_buf_free(&full);
     zn_buf_free(&b);
-    zn_buf_free(&empty);
     close_pair(sv);
+}
+
+
+static void
+enomem_shrink(void **state)
+{
+    zn_buf_t b, was;
+    char chunk[1000];
+
+    fill_pat(chunk, sizeof(chunk), 0);
+    zn_buf_init(&b);
+    assert_int_equal(zn_buf_append(&b, chunk, sizeof(chunk)), 0);
+    zn_buf_consume(&b, 900);
+    was = b;
+    fail_allocations();
+    assert_int_equal(zn_buf_shrink(&b, 0), ZN_ENOMEM);
+    assert_same(&b, &was, chunk + 900);
+    zn_buf_free(&b);
+}
+
+
+static void
+enomem_borrowed(void **state)
+{
+    zn_buf_t b, was;
+    char area[16] = "borrowed bytes!";
+
+    zn_buf_init_borrowed(&b, area, sizeof(area), sizeof(area));
+    was = b;
+    fail_allocations();
+    assert_int_equal(zn_buf_append(&b, "x", 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_prepend(&b, "x", 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_reserve(&b, 1), ZN_ENOMEM);
+    assert_int_equal(zn_buf_shrink(&b, 0), ZN_ENOMEM);
+    assert_same(&b, &was, "borrowed bytes!");
+    assert_int_equal(restore_allocator(NULL), 0);
+    assert_int_equal(zn_buf_append(&b, "x", 1), 0);
+    assert_false(b.borrowed);
+    assert_memory_equal(zn_buf_peek(&b), "borrowed bytes!\0x", 17);
+    zn_buf_free(&b);
 }
 
 
@@ -971,7 +1031,12 @@ main(void)
         cmocka_unit_test(borrowed_grows_into_owned_storage),
         cmocka_unit_test(borrowed_shrink_detaches),
         cmocka_unit_test(find_locates_needle),
-        cmocka_unit_test(fails_cleanly_without_memory),
+        cmocka_unit_test_teardown(enomem_first_storage, restore_allocator),
+        cmocka_unit_test_teardown(enomem_growth, restore_allocator),
+        cmocka_unit_test_teardown(enomem_read_fd_partly_in_tail,
+                                  restore_allocator),
+        cmocka_unit_test_teardown(enomem_shrink, restore_allocator),
+        cmocka_unit_test_teardown(enomem_borrowed, restore_allocator),
     };
 
     alarm(TEST_TIMEOUT_S);

@@ -50,7 +50,7 @@ extern "C" {
 #endif
 
 typedef struct zn_buf_s {
-    char *data;            /* NULL when the buffer has no storage */
+    char *data; /* NULL when the buffer has no storage */
     size_t rpos;
     size_t wpos;
     size_t cap;
@@ -180,8 +180,7 @@ ZN_EXTERN ssize_t zn_buf_write_fd(zn_buf_t *b, int fd);
 
 /* Finds `needle` of `n` bytes in the readable bytes; returns its offset
  * from zn_buf_peek() or -1. An empty needle is found at offset 0. */
-ZN_EXTERN ssize_t zn_buf_find(const zn_buf_t *b, const void *needle,
-                              size_t n);
+ZN_EXTERN ssize_t zn_buf_find(const zn_buf_t *b, const void *needle, size_t n);
 
 #ifdef __cplusplus
 }

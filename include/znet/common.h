@@ -41,6 +41,7 @@ extern "C" {
     X(EAGAIN, "resource temporarily unavailable")                           \
     X(EALREADY, "operation already in progress")                            \
     X(EBADF, "bad file descriptor")                                         \
+    X(EBADMSG, "bad message")                                               \
     X(EBUSY, "resource busy or locked")                                     \
     X(ECANCELED, "operation canceled")                                      \
     X(ECONNABORTED, "software caused connection abort")                     \
