@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds znet, starts the echo server and runs
-# the echo client against it.
+# Installs what is missing, builds znet, then runs the seed's demo:
+# rpc_server on 127.0.0.1:11111 (cmd 1 TestReq -> TestRsp, cmd 2 echo) and
+# rpc_client against it; then the raw echo server with its client. Each
+# server is stopped with SIGINT and must exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -8,16 +10,37 @@ cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/demo -j "${JOBS:-2}"
 
 port=${PORT:-11111}
-build/demo/examples/echo_server --host 127.0.0.1 --port "$port" &
+bin=build/demo/examples
+server=
+
+wait_port() {
+    for _ in $(seq 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "demo: nothing listens on port $port" >&2
+    return 1
+}
+
+stop_server() {
+    kill -INT "$server"
+    wait "$server"
+    server=
+}
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; true' EXIT
+
+echo "== rpc_server + rpc_client (the seed's demo)"
+"$bin"/rpc_server --host 127.0.0.1 --port "$port" --workers 2 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 50); do # wait until it listens
-    (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
-    sleep 0.1
-done
-build/demo/examples/echo_client --host 127.0.0.1 --port "$port" \
-    --count 10000 --size 64
-kill -INT "$server"
-wait "$server"
-echo "demo: the echo server stopped cleanly"
-trap - EXIT
+wait_port
+"$bin"/rpc_client --host 127.0.0.1 --port "$port"
+"$bin"/rpc_client --host 127.0.0.1 --port "$port" --echo 65536 --count 1000
+stop_server
+
+echo "== echo_server + echo_client (the core alone)"
+"$bin"/echo_server --host 127.0.0.1 --port "$port" &
+server=$!
+wait_port
+"$bin"/echo_client --host 127.0.0.1 --port "$port" --count 10000 --size 64
+stop_server
+echo "demo: both servers stopped cleanly"

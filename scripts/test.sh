@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds znet and runs every test: the whole suite in a normal build (with
 # -Werror, gcc), a clang build for warnings, the whole suite again under
-# ASan+UBSan, and the threaded tests under TSan.
+# ASan+UBSan, the threaded tests under TSan, and each libFuzzer target for a
+# bounded time (FUZZ_SECONDS, default 30) over the committed corpus.
 #
 #   scripts/test.sh            all of it
 #   JOBS=4 scripts/test.sh     more parallel builds
@@ -31,6 +32,9 @@ build build/asan -DCMAKE_BUILD_TYPE=Debug -DZNET_ASAN=ON
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     ctest -j "$jobs" --output-on-failure)
+
+echo "== libFuzzer (${FUZZ_SECONDS:-30} s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 echo "== TSan (threaded tests)"
 build build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZNET_TSAN=ON

@@ -1,6 +1,7 @@
 /*
  * common.c: error names, allocator hooks, clock.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -127,4 +128,18 @@ uint64_t
 zn_now_ms(void)
 {
     return zn_now_ns() / 1000000u;
+}
+
+
+int
+zn__thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    int rc;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(th, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return -rc;
 }

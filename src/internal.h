@@ -4,6 +4,7 @@
 #ifndef ZNET_INTERNAL_H
 #define ZNET_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +39,14 @@ zn__counter_get(const _Atomic uint64_t *c)
 {
     return atomic_load_explicit((_Atomic uint64_t *)c, memory_order_relaxed);
 }
+
+/*
+ * Starts a thread of znet's own (an IO loop, a worker) with every signal
+ * blocked, so that process signals such as SIGTERM are never delivered to
+ * it: they go to the application's threads (or its signalfd). Returns 0 or
+ * a negative error.
+ */
+int zn__thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
 
 /* Closes an fd, retrying nothing: on Linux the fd is gone even on EINTR. */
 void zn__close_fd(int fd);

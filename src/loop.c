@@ -601,8 +601,13 @@ zn_loop_handle_signals(zn_loop_t *loop, const int *sigs, zn_signal_cb cb,
     int fd, rc;
 
     sigemptyset(&set);
-    for (sigs = sigs ? sigs : defaults; *sigs != 0; sigs++)
+    for (sigs = sigs ? sigs : defaults; *sigs != 0; sigs++) {
         sigaddset(&set, *sigs);
+        /* An ignored signal is discarded even while blocked, and a
+         * non-interactive shell starts background jobs with SIGINT
+         * ignored: take the signal back, or the signalfd never sees it. */
+        signal(*sigs, SIG_DFL);
+    }
     if ((rc = pthread_sigmask(SIG_BLOCK, &set, NULL)) != 0)
         return -rc;
     fd = signalfd(loop->sigfd, &set, SFD_NONBLOCK | SFD_CLOEXEC);

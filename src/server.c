@@ -477,8 +477,8 @@ zn_server_start(zn_server_t *s)
         (rc = zn__server_listen(s)) != 0)
         goto fail;
     for (i = 0; i < s->nio; i++) {
-        rc = -pthread_create(&s->io[i].thread, NULL, zn__server_thread,
-                             &s->io[i]);
+        rc = zn__thread_start(&s->io[i].thread, zn__server_thread,
+                              &s->io[i]);
         if (rc != 0)
             goto fail;
         s->io[i].thread_started = true;

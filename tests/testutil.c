@@ -50,8 +50,13 @@ tu_loop_main(void *arg)
 void
 tu_loop_thread_start(tu_loop_thread_t *lt, zn_loop_t *loop)
 {
+    sigset_t all, old;
+
     lt->loop = loop;
+    sigfillset(&all); /* the test's loop threads never take signals */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     assert_int_equal(pthread_create(&lt->thread, NULL, tu_loop_main, lt), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 

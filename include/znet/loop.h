@@ -193,8 +193,11 @@ typedef void (*zn_signal_cb)(zn_loop_t *loop, int signum, void *ud);
 
 /*
  * Handles SIGINT and SIGTERM (or the signals in `sigs`, terminated by 0)
- * on this loop through a signalfd: blocks them in the calling thread (call
- * it before starting other threads, so they inherit the mask) and runs
+ * on this loop through a signalfd: resets their disposition to the default
+ * (an ignored signal would never reach the signalfd; a non-interactive
+ * shell starts background jobs with SIGINT ignored), blocks them in the
+ * calling thread (call it before starting threads of your own, so they
+ * inherit the mask; znet's own threads block every signal) and runs
  * cb(loop, signum, ud) on the loop. One handler per loop; a second call
  * replaces the first. Returns 0 or the error of signalfd.
  */

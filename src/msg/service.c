@@ -453,7 +453,8 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
 
 
 /* A header that breaks the protocol: the stream cannot be trusted past
- * it, so the connection closes (abortively: nothing more is read). */
+ * it, so nothing more is read, and the connection closes once the answers
+ * to the valid requests before it are written (bounded by the linger). */
 static void
 zn__msg_bad_header(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
                    zn_frame_reason_t reason)
@@ -463,7 +464,7 @@ zn__msg_bad_header(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
     else
         ZN__MSG_STAT_ADD(svc, bad_frames, 1);
     zn__msg_warn(c, mc, zn_frame_reason_name(reason), 0);
-    zn_conn_close_reason(c, ZN_CLOSE_PROTOCOL, true);
+    zn_conn_close_reason(c, ZN_CLOSE_PROTOCOL, false);
 }
 
 

@@ -106,10 +106,10 @@ zn__msg_workers_start(zn_msg_service_t *svc)
     for (i = 0; i < n; i++) {
         svc->workers[i].svc = svc;
         svc->workers[i].q = &svc->queues[svc->o.ordered ? i : 0];
-        rc = pthread_create(&svc->workers[i].th, NULL, zn__worker_main,
-                            &svc->workers[i]);
+        rc = zn__thread_start(&svc->workers[i].th, zn__worker_main,
+                              &svc->workers[i]);
         if (rc != 0)
-            return -rc;
+            return rc;
         svc->workers[i].started = true;
     }
     return 0;

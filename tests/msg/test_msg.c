@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -892,6 +893,47 @@ test_over_max_conns_gets_overloaded_frame(void **state)
 }
 
 
+static _Atomic int sigusr2_seen;
+
+
+static void
+on_sigusr2(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&sigusr2_seen, 1);
+}
+
+
+/*
+ * Every thread znet starts (IO loops, workers) blocks signals, so a
+ * process signal goes to the application's threads: here it stays
+ * pending, since the test's own threads block it (tu_loop_thread_start
+ * starts its thread with signals blocked), and no znet thread may
+ * take it (a SIGTERM taken by a worker would kill a server that handles
+ * it with a signalfd).
+ */
+static void
+test_library_threads_block_signals(void **state)
+{
+    struct timespec zero = {0, 0};
+    sigset_t set, old;
+    fx_t fx;
+
+    signal(SIGUSR2, on_sigusr2);
+    fx_start(&fx, *state, NULL); /* znet's threads start from here */
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &set, &old); /* this thread too */
+    kill(getpid(), SIGUSR2);
+    usleep(50000);
+    assert_int_equal(atomic_load(&sigusr2_seen), 0);
+    assert_int_equal(sigtimedwait(&set, NULL, &zero), SIGUSR2);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    signal(SIGUSR2, SIG_DFL);
+    fx_stop(&fx);
+}
+
+
 #define PER_MODEL(fn)                                                         \
     cmocka_unit_test_prestate(fn, &models[0]),                               \
         cmocka_unit_test_prestate(fn, &models[1]),                           \
@@ -923,6 +965,8 @@ main(void)
             &models[3]),
         PER_MODEL(test_late_reply_never_reaches_a_new_conn_on_the_same_fd),
         cmocka_unit_test(test_over_max_conns_gets_overloaded_frame),
+        cmocka_unit_test_prestate(test_library_threads_block_signals,
+                                  &models[3]),
     };
 
     tu_alarm(300);
