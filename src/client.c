@@ -12,7 +12,13 @@
 #include "znet/client.h"
 #include "znet/log.h"
 
-enum { ZN__CL_IDLE, ZN__CL_CONNECTING, ZN__CL_CONNECTED, ZN__CL_WAITING };
+enum {
+    ZN__CL_IDLE,
+    ZN__CL_CONNECTING,
+    ZN__CL_HANDOFF, /* connected; the socket is on its way to conn_loop */
+    ZN__CL_CONNECTED,
+    ZN__CL_WAITING
+};
 
 struct zn_client_s {
     zn_loop_t *loop;
@@ -174,6 +180,27 @@ zn__client_conn_closed(zn_conn_t *c, void *owner)
 }
 
 
+/* Creates and starts the connection on `loop` (the caller's thread). */
+static zn_conn_t *
+zn__client_open(zn_client_t *cl, zn_loop_t *loop, int fd,
+                zn__conn_closed_fn closed)
+{
+    zn_conn_t *c;
+
+    c = zn__conn_new(loop, fd, &cl->o.handler, &cl->o.limits, &cl->stats);
+    if (c == NULL)
+        return NULL;
+    c->closed_fn = closed;
+    c->owner = cl;
+    zn_conn_ref(c); /* the client's; given back when it closes */
+    zn__counter_add(&cl->stats.accepted, 1);
+    return c;
+}
+
+
+static void zn__client_handoff(zn_client_t *cl, int fd);
+
+
 static void
 zn__client_established(zn_client_t *cl)
 {
@@ -185,21 +212,130 @@ zn__client_established(zn_client_t *cl)
     cl->fd = -1;
     if (cl->addr.ss_family != AF_UNIX && !cl->o.no_nodelay)
         zn__sock_nodelay(fd);
-    c = zn__conn_new(cl->loop, fd, &cl->o.handler, &cl->o.limits, &cl->stats);
-    if (c == NULL) {
+    cl->failures = 0;
+    if (cl->o.conn_loop != NULL && cl->o.conn_loop != cl->loop) {
+        zn__client_handoff(cl, fd);
+        return;
+    }
+    if ((c = zn__client_open(cl, cl->loop, fd, zn__client_conn_closed)) ==
+        NULL) {
         zn__close_fd(fd);
         cl->failures++;
         zn__client_failed(cl, ZN_ENOMEM);
         return;
     }
-    c->closed_fn = zn__client_conn_closed;
-    c->owner = cl;
-    zn_conn_ref(c);
     cl->conn = c;
-    cl->failures = 0;
     cl->state = ZN__CL_CONNECTED;
-    zn__counter_add(&cl->stats.accepted, 1);
     zn__conn_start(c);
+}
+
+/* ---- connections on another loop --------------------------------------- */
+
+/*
+ * The connection lives on conn_loop while the client's state belongs to
+ * the client's loop, so every change crosses back as a posted task: the
+ * connection is created there, announced here ("attached"), and its close
+ * is reported here too, in that order (both are posted by the same
+ * thread). Until the close is reported the client stays alive, even if
+ * freed meanwhile.
+ */
+typedef struct {
+    zn_client_t *cl;
+    zn_conn_t *conn;           /* NULL: the hand-off failed */
+    int fd;
+    bool closed;
+} zn__client_msg_t;
+
+
+static void
+zn__client_post(zn_loop_t *loop, zn_task_cb cb, zn__client_msg_t *m)
+{
+    if (zn_loop_post(loop, cb, m) != 0) {
+        /* Out of memory for a task: run it here rather than lose it;
+         * only the thread differs. */
+        ZN_LOG_RL(ZN_LOG_ERROR, 1, "client: cannot post across loops");
+        cb(m);
+    }
+}
+
+
+static void
+zn__client_back_task(void *ud)
+{
+    zn__client_msg_t *m = ud;
+    zn_client_t *cl = m->cl;
+
+    if (!m->closed && m->conn == NULL && cl->free_pending) {
+        cl->state = ZN__CL_IDLE;
+        zn__free(m);
+        zn_client_free(cl);
+        return;
+    }
+    if (!m->closed) {
+        cl->conn = m->conn;
+        cl->state = m->conn != NULL ? ZN__CL_CONNECTED : ZN__CL_IDLE;
+        if (m->conn == NULL) {
+            cl->failures++;
+            zn__client_failed(cl, ZN_ENOMEM);
+        } else if (cl->stopped) {
+            zn_conn_close_reason(m->conn, ZN_CLOSE_SHUTDOWN, true);
+        }
+    } else {
+        zn__client_conn_closed(m->conn, cl);
+    }
+    zn__free(m);
+}
+
+
+/* On conn_loop: the connection closed; tell the client's loop. */
+static void
+zn__client_remote_closed(zn_conn_t *c, void *owner)
+{
+    zn_client_t *cl = owner;
+    zn__client_msg_t *m = zn__calloc(1, sizeof(*m));
+
+    if (m == NULL) { /* cannot tell: keep the reference, leak loudly */
+        ZN_LOG(ZN_LOG_ERROR, "client: out of memory reporting a close");
+        return;
+    }
+    m->cl = cl;
+    m->conn = c;
+    m->closed = true;
+    zn__client_post(cl->loop, zn__client_back_task, m);
+}
+
+
+static void
+zn__client_there_task(void *ud)
+{
+    zn__client_msg_t *m = ud;
+    zn_client_t *cl = m->cl;
+
+    m->conn = zn__client_open(cl, cl->o.conn_loop, m->fd,
+                              zn__client_remote_closed);
+    if (m->conn == NULL)
+        zn__close_fd(m->fd);
+    else
+        zn__conn_start(m->conn);
+    zn__client_post(cl->loop, zn__client_back_task, m);
+}
+
+
+static void
+zn__client_handoff(zn_client_t *cl, int fd)
+{
+    zn__client_msg_t *m = zn__calloc(1, sizeof(*m));
+
+    if (m == NULL) {
+        zn__close_fd(fd);
+        cl->failures++;
+        zn__client_failed(cl, ZN_ENOMEM);
+        return;
+    }
+    m->cl = cl;
+    m->fd = fd;
+    cl->state = ZN__CL_HANDOFF;
+    zn__client_post(cl->o.conn_loop, zn__client_there_task, m);
 }
 
 
@@ -290,7 +426,7 @@ zn_client_stop(zn_client_t *cl, bool abortive)
         zn__client_abandon_fd(cl);
     if (cl->conn != NULL)
         zn_conn_close_reason(cl->conn, ZN_CLOSE_SHUTDOWN, abortive);
-    if (cl->conn == NULL)
+    else if (cl->state != ZN__CL_HANDOFF) /* that one ends by itself */
         cl->state = ZN__CL_IDLE;
 }
 
@@ -306,7 +442,7 @@ zn_client_free(zn_client_t *cl)
     if (cl == NULL)
         return;
     zn_client_stop(cl, true);
-    if (cl->conn != NULL || cl->in_cb > 0) {
+    if (cl->conn != NULL || cl->in_cb > 0 || cl->state == ZN__CL_HANDOFF) {
         cl->free_pending = true;
         return;
     }

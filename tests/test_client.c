@@ -327,6 +327,100 @@ test_freed_inside_its_own_callback(void **state)
 }
 
 
+typedef struct {
+    zn_loop_t *main_loop;
+    zn_loop_t *io_loop;
+    _Atomic int on_io_thread;
+    _Atomic int connects;
+    _Atomic int closes;
+    _Atomic int got;
+} remote_fx_t;
+
+
+static void
+remote_on_connect(zn_conn_t *c, void *ud)
+{
+    remote_fx_t *fx = ud;
+
+    if (zn_loop_in_thread(fx->io_loop) && zn_conn_loop(c) == fx->io_loop)
+        atomic_fetch_add(&fx->on_io_thread, 1);
+    atomic_fetch_add(&fx->connects, 1);
+    zn_conn_send(c, "ping", 4);
+}
+
+
+static void
+remote_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
+{
+    remote_fx_t *fx = ud;
+
+    atomic_fetch_add(&fx->got, (int)zn_buf_len(in));
+    zn_buf_consume(in, zn_buf_len(in));
+    if (atomic_load(&fx->got) >= 4 && atomic_load(&fx->connects) == 1)
+        zn_conn_close(c); /* the client reconnects from its own loop */
+    else if (atomic_load(&fx->connects) >= 2)
+        zn_loop_stop(fx->main_loop);
+}
+
+
+static void
+remote_on_close(zn_conn_t *c, zn_close_reason_t reason, void *ud)
+{
+    (void)c;
+    (void)reason;
+    atomic_fetch_add(&((remote_fx_t *)ud)->closes, 1);
+}
+
+
+static int
+remote_two_closes(void *ud)
+{
+    return atomic_load(&((remote_fx_t *)ud)->closes) >= 2;
+}
+
+
+/* The multi-loop model for clients: the client's loop connects, the
+ * connection lives on an IO loop of its own thread. */
+static void
+test_connection_handed_to_another_loop(void **state)
+{
+    remote_fx_t fx = {0};
+    zn_client_opts_t o;
+    tu_loop_thread_t lt;
+    tu_server_t ts;
+    zn_client_t *cl;
+
+    (void)state;
+    start_echo_on(&ts, 0);
+    assert_int_equal(zn_loop_new(&fx.main_loop), 0);
+    assert_int_equal(zn_loop_new(&fx.io_loop), 0);
+    tu_loop_thread_start(&lt, fx.io_loop);
+    zn_client_opts_default(&o);
+    o.host = "127.0.0.1";
+    o.port = ts.port;
+    o.reconnect = true;
+    o.backoff_min_ms = 5;
+    o.conn_loop = fx.io_loop;
+    o.handler.on_connect = remote_on_connect;
+    o.handler.on_data = remote_on_data;
+    o.handler.on_close = remote_on_close;
+    o.handler.ud = &fx;
+    assert_int_equal(zn_client_new(fx.main_loop, &o, &cl), 0);
+    assert_int_equal(zn_client_start(cl), 0);
+    assert_int_equal(zn_loop_run(fx.main_loop), 0);
+    assert_int_equal(atomic_load(&fx.on_io_thread), 2);
+    zn_client_free(cl); /* the connection closes on the IO loop */
+    while (!remote_two_closes(&fx))
+        zn_loop_run_once(fx.main_loop, 10);
+    for (int i = 0; i < 5; i++) /* the close report frees the client */
+        zn_loop_run_once(fx.main_loop, 10);
+    tu_loop_thread_join(&lt);
+    zn_loop_free(fx.io_loop);
+    zn_loop_free(fx.main_loop);
+    tu_server_stop(&ts);
+}
+
+
 int
 main(void)
 {
@@ -337,6 +431,7 @@ main(void)
         cmocka_unit_test(test_freed_while_retry_pending),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_freed_inside_its_own_callback),
+        cmocka_unit_test(test_connection_handed_to_another_loop),
     };
 
     tu_alarm(60);

@@ -32,6 +32,12 @@ typedef struct {
     unsigned max_retries;    /* failed attempts in a row before giving up;
                                 0: unlimited */
     bool no_nodelay;
+    /* The loop the connection lives on once established (NULL: the
+     * client's own loop). As in a server's multi-loop model, the client's
+     * loop connects (and reconnects) and hands the connected socket to
+     * this loop through its task queue; the handler's callbacks then run
+     * on this loop's thread, while on_give_up runs on the client's. */
+    zn_loop_t *conn_loop;
     zn_conn_limits_t limits;
     zn_handler_t handler;
     /* Called when the client gives up (retry limit reached, or a failure
