@@ -31,6 +31,8 @@ struct zn_client_s {
     zn_timer_t timer;        /* connect time-out, or retry delay */
     zn_conn_t *conn;         /* while connected; we hold a reference */
     zn__conn_stats_t stats;
+    zn__conn_group_t grp;        /* connections on the client's loop */
+    zn__conn_group_t grp_remote; /* connections on conn_loop */
     unsigned failures;
     uint64_t rng;
     bool stopped;
@@ -39,6 +41,8 @@ struct zn_client_s {
 };
 
 static void zn__client_connect(zn_client_t *cl);
+static void zn__client_conn_closed(zn_conn_t *c, void *owner);
+static void zn__client_remote_closed(zn_conn_t *c, void *owner);
 
 
 void
@@ -75,6 +79,10 @@ zn_client_new(zn_loop_t *loop, const zn_client_opts_t *opts,
     cl->fd = -1;
     cl->state = ZN__CL_IDLE;
     cl->rng = zn_now_ns() ^ (uint64_t)(uintptr_t)cl;
+    cl->grp = (zn__conn_group_t){&cl->o.handler, &cl->o.limits, &cl->stats,
+                                 zn__client_conn_closed, cl};
+    cl->grp_remote = cl->grp;
+    cl->grp_remote.closed_fn = zn__client_remote_closed;
     zn_timer_init(loop, &cl->timer, NULL, cl);
     *out = cl;
     return 0;
@@ -183,15 +191,12 @@ zn__client_conn_closed(zn_conn_t *c, void *owner)
 /* Creates and starts the connection on `loop` (the caller's thread). */
 static zn_conn_t *
 zn__client_open(zn_client_t *cl, zn_loop_t *loop, int fd,
-                zn__conn_closed_fn closed)
+                const zn__conn_group_t *g)
 {
     zn_conn_t *c;
 
-    c = zn__conn_new(loop, fd, &cl->o.handler, &cl->o.limits, &cl->stats);
-    if (c == NULL)
+    if ((c = zn__conn_new(loop, fd, g)) == NULL)
         return NULL;
-    c->closed_fn = closed;
-    c->owner = cl;
     zn_conn_ref(c); /* the client's; given back when it closes */
     zn__counter_add(&cl->stats.accepted, 1);
     return c;
@@ -217,8 +222,7 @@ zn__client_established(zn_client_t *cl)
         zn__client_handoff(cl, fd);
         return;
     }
-    if ((c = zn__client_open(cl, cl->loop, fd, zn__client_conn_closed)) ==
-        NULL) {
+    if ((c = zn__client_open(cl, cl->loop, fd, &cl->grp)) == NULL) {
         zn__close_fd(fd);
         cl->failures++;
         zn__client_failed(cl, ZN_ENOMEM);
@@ -311,8 +315,7 @@ zn__client_there_task(void *ud)
     zn__client_msg_t *m = ud;
     zn_client_t *cl = m->cl;
 
-    m->conn = zn__client_open(cl, cl->o.conn_loop, m->fd,
-                              zn__client_remote_closed);
+    m->conn = zn__client_open(cl, cl->o.conn_loop, m->fd, &cl->grp_remote);
     if (m->conn == NULL)
         zn__close_fd(m->fd);
     else

@@ -34,6 +34,41 @@ static void zn__conn_flush(zn_conn_t *c);
 static void zn__conn_arm(zn_conn_t *c);
 
 
+static inline size_t
+zn__out_len(const zn_conn_t *c)
+{
+    return c->out != NULL ? zn_buf_len(c->out) : 0;
+}
+
+
+static inline size_t
+zn__in_len(const zn_conn_t *c)
+{
+    return c->in != NULL ? zn_buf_len(c->in) : 0;
+}
+
+
+/* Buffers exist only while they hold bytes: an idle connection has none. */
+static zn_buf_t *
+zn__buf_get(zn_buf_t **b)
+{
+    if (*b == NULL && (*b = zn__malloc(sizeof(**b))) != NULL)
+        zn_buf_init(*b);
+    return *b;
+}
+
+
+static void
+zn__buf_drop(zn_buf_t **b)
+{
+    if (*b == NULL)
+        return;
+    zn_buf_free(*b);
+    zn__free(*b);
+    *b = NULL;
+}
+
+
 const char *
 zn_close_reason_name(zn_close_reason_t r)
 {
@@ -82,8 +117,11 @@ zn_conn_unref(zn_conn_t *c)
      * understands it. */
     if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
-    zn_buf_free(&c->in);
-    zn_buf_free(&c->out);
+    zn__buf_drop(&c->in);
+    zn__buf_drop(&c->out);
+    zn__free(c->tm);
+    if (c->own_group)
+        zn__free((void *)c->g);
     zn__free(c);
 }
 
@@ -98,7 +136,7 @@ zn_conn_id(const zn_conn_t *c)
 zn_loop_t *
 zn_conn_loop(const zn_conn_t *c)
 {
-    return c->loop;
+    return c->io.loop;
 }
 
 
@@ -128,7 +166,7 @@ zn_conn_get_data(const zn_conn_t *c)
 size_t
 zn_conn_out_len(const zn_conn_t *c)
 {
-    return zn_buf_len(&c->out);
+    return zn__out_len(c);
 }
 
 
@@ -139,10 +177,23 @@ zn_conn_fd(const zn_conn_t *c)
 }
 
 
+/* The limits live in the group that the connection shares; replacing
+ * them for one connection gives it a group of its own. */
 void
 zn_conn_set_limits(zn_conn_t *c, const zn_conn_limits_t *l)
 {
-    c->limits = l;
+    zn__conn_group_t *g;
+
+    if (!c->own_group) {
+        if ((g = zn__malloc(sizeof(*g))) == NULL) {
+            ZN_LOG_RL(ZN_LOG_ERROR, 1, "conn: out of memory for limits");
+            return;
+        }
+        *g = *c->g;
+        c->g = g;
+        c->own_group = 1;
+    }
+    ((zn__conn_group_t *)c->g)->limits = l;
 }
 
 
@@ -176,8 +227,7 @@ zn_conn_peer(const zn_conn_t *c)
 
 
 zn_conn_t *
-zn__conn_new(zn_loop_t *loop, int fd, const zn_handler_t *h,
-             const zn_conn_limits_t *limits, zn__conn_stats_t *stats)
+zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g)
 {
     zn_conn_t *c = zn__calloc(1, sizeof(*c));
 
@@ -186,15 +236,21 @@ zn__conn_new(zn_loop_t *loop, int fd, const zn_handler_t *h,
     atomic_init(&c->refs, 1);
     atomic_init(&c->state, ZN__OPEN);
     c->id = zn__conn_next_id();
-    c->loop = loop;
-    c->h = h;
-    c->limits = limits;
-    c->stats = stats ? stats : zn__loop_conn_stats(loop);
-    zn_buf_init(&c->in);
-    zn_buf_init(&c->out);
+    c->g = g;
     zn_io_init(loop, &c->io, fd, zn__conn_io_cb, c);
-    zn_timer_init(loop, &c->timer, zn__conn_timer_cb, c);
     return c;
+}
+
+
+/* The timer block, created on first need. NULL if out of memory. */
+static zn__conn_timer_t *
+zn__conn_tm(zn_conn_t *c)
+{
+    if (c->tm == NULL && (c->tm = zn__calloc(1, sizeof(*c->tm))) != NULL) {
+        zn_timer_init(c->io.loop, &c->tm->t, zn__conn_timer_cb, c);
+        c->tm->last_input = zn_loop_now(c->io.loop);
+    }
+    return c->tm;
 }
 
 
@@ -207,7 +263,7 @@ zn__conn_wanted(const zn_conn_t *c)
 
     if (st == ZN__OPEN && !c->eof && !c->paused_user && !c->paused_hwm)
         ev |= ZN_READABLE;
-    if (st != ZN__CLOSED && zn_buf_len(&c->out) > 0)
+    if (st != ZN__CLOSED && zn__out_len(c) > 0)
         ev |= ZN_WRITABLE;
     return ev;
 }
@@ -237,14 +293,19 @@ zn__conn_update_io(zn_conn_t *c)
 void
 zn__conn_start(zn_conn_t *c)
 {
-    zn__counter_add(&c->stats->live, 1);
-    c->last_input = zn_loop_now(c->loop);
-    zn__conn_arm(c);
+    zn__counter_add(&c->g->stats->live, 1);
+    if (c->g->limits->idle_ms > 0) {
+        if (zn__conn_tm(c) == NULL) {
+            zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+            return;
+        }
+        zn__conn_arm(c);
+    }
     zn_conn_ref(c);
     c->in_cb++;
     c->batching = 1;
-    if (c->h->on_connect != NULL)
-        c->h->on_connect(c, c->h->ud);
+    if (c->g->h->on_connect != NULL)
+        c->g->h->on_connect(c, c->g->h->ud);
     c->batching = 0;
     c->in_cb--;
     zn__conn_flush(c);
@@ -253,20 +314,29 @@ zn__conn_start(zn_conn_t *c)
 }
 
 
+/* An adopted connection has no owner: it gets a group of its own, with
+ * the loop's default counters. */
 int
 zn_conn_adopt(zn_loop_t *loop, int fd, const zn_handler_t *handler,
               const zn_conn_limits_t *limits, zn_conn_t **out)
 {
-    zn_conn_t *c = zn__conn_new(loop, fd, handler, limits, NULL);
+    zn__conn_group_t *g = zn__calloc(1, sizeof(*g));
+    zn_conn_t *c = g != NULL ? zn__conn_new(loop, fd, g) : NULL;
 
     if (c == NULL) {
+        zn__free(g);
         zn__close_fd(fd);
         return ZN_ENOMEM;
     }
+    g->h = handler;
+    g->limits = limits;
+    g->stats = zn__loop_conn_stats(loop);
+    c->own_group = 1;
     *out = c;
     zn__conn_start(c);
     return 0;
 }
+
 
 /* ---- closing ----------------------------------------------------------- */
 
@@ -283,23 +353,24 @@ zn__conn_finish(zn_conn_t *c)
     int fd = c->io.fd;
 
     zn_io_stop(&c->io);
-    zn_timer_stop(&c->timer);
+    if (c->tm != NULL)
+        zn_timer_stop(&c->tm->t);
     if (fd >= 0) {
         if (c->abortive)
             (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         c->io.fd = -1;
         zn__close_fd(fd);
     }
-    zn_buf_free(&c->in);
-    zn_buf_free(&c->out);
-    zn__counter_add(&c->stats->closes[c->reason], 1);
-    atomic_store_explicit(&c->stats->live,
-                          zn__counter_get(&c->stats->live) - 1,
+    zn__buf_drop(&c->in);
+    zn__buf_drop(&c->out);
+    zn__counter_add(&c->g->stats->closes[c->reason], 1);
+    atomic_store_explicit(&c->g->stats->live,
+                          zn__counter_get(&c->g->stats->live) - 1,
                           memory_order_relaxed);
-    if (c->h->on_close != NULL)
-        c->h->on_close(c, (zn_close_reason_t)c->reason, c->h->ud);
-    if (c->closed_fn != NULL)
-        c->closed_fn(c, c->owner);
+    if (c->g->h->on_close != NULL)
+        c->g->h->on_close(c, (zn_close_reason_t)c->reason, c->g->h->ud);
+    if (c->g->closed_fn != NULL)
+        c->g->closed_fn(c, c->g->owner);
     zn_conn_unref(c);
 }
 
@@ -322,7 +393,7 @@ zn__conn_schedule_finish(zn_conn_t *c)
     if (c->finish_posted)
         return;
     c->finish_posted = 1;
-    if (zn_loop_post(c->loop, zn__conn_finish_task, c) != 0)
+    if (zn_loop_post(c->io.loop, zn__conn_finish_task, c) != 0)
         zn__conn_finish(c);
 }
 
@@ -336,15 +407,20 @@ zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
         return;
     if (st == ZN__OPEN)
         c->reason = (unsigned char)reason;
-    if (abortive || zn_buf_len(&c->out) == 0 || c->io.fd < 0) {
+    if (abortive || zn__out_len(c) == 0 || c->io.fd < 0) {
         c->abortive = abortive;
         zn__conn_schedule_finish(c);
         return;
     }
     atomic_store_explicit(&c->state, ZN__CLOSING, memory_order_release);
-    zn_timer_start(&c->timer,
-                   c->limits->linger_ms ? c->limits->linger_ms
-                                        : ZN__DEFAULT_LINGER_MS,
+    if (zn__conn_tm(c) == NULL) { /* no linger bound: do not wait */
+        c->abortive = 1;
+        zn__conn_schedule_finish(c);
+        return;
+    }
+    zn_timer_start(&c->tm->t,
+                   c->g->limits->linger_ms ? c->g->limits->linger_ms
+                                           : ZN__DEFAULT_LINGER_MS,
                    0);
     zn__conn_update_io(c);
 }
@@ -388,7 +464,7 @@ zn__conn_post_close(zn_conn_t *c, zn_close_reason_t reason, bool abortive,
         r->abortive = abortive;
         r->shutdown = shutdown;
         zn_conn_ref(c);
-        if (zn_loop_post(c->loop, zn__conn_close_task, r) == 0)
+        if (zn_loop_post(c->io.loop, zn__conn_close_task, r) == 0)
             return;
         zn_conn_unref(c);
         zn__free(r);
@@ -403,7 +479,7 @@ zn_conn_close_reason(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
 {
     if ((unsigned)reason >= ZN_CLOSE_REASON_MAX)
         reason = ZN_CLOSE_LOCAL;
-    if (zn_loop_in_thread(c->loop))
+    if (zn_loop_in_thread(c->io.loop))
         zn__conn_close_loop(c, reason, abortive);
     else
         zn__conn_post_close(c, reason, abortive, false);
@@ -427,7 +503,7 @@ zn_conn_abort(zn_conn_t *c)
 void
 zn_conn_shutdown(zn_conn_t *c)
 {
-    if (!zn_loop_in_thread(c->loop)) {
+    if (!zn_loop_in_thread(c->io.loop)) {
         zn__conn_post_close(c, ZN_CLOSE_LOCAL, false, true);
         return;
     }
@@ -447,7 +523,7 @@ zn__conn_drained(zn_conn_t *c)
 {
     int st = atomic_load_explicit(&c->state, memory_order_relaxed);
 
-    zn_buf_free(&c->out);
+    zn__buf_drop(&c->out);
     if (c->shut_wr && !c->shut_done && c->io.fd >= 0) {
         c->shut_done = 1;
         (void)shutdown(c->io.fd, SHUT_WR);
@@ -456,10 +532,10 @@ zn__conn_drained(zn_conn_t *c)
         zn__conn_schedule_finish(c);
         return;
     }
-    if (st == ZN__OPEN && c->h->on_write_done != NULL && c->in_cb == 0) {
+    if (st == ZN__OPEN && c->g->h->on_write_done != NULL && c->in_cb == 0) {
         zn_conn_ref(c);
         c->in_cb++;
-        c->h->on_write_done(c, c->h->ud);
+        c->g->h->on_write_done(c, c->g->h->ud);
         c->in_cb--;
         zn_conn_unref(c);
     }
@@ -476,20 +552,20 @@ zn__conn_flush(zn_conn_t *c)
 {
     ssize_t n;
 
-    if (zn_buf_len(&c->out) == 0 || c->batching ||
+    if (zn__out_len(c) == 0 || c->batching ||
         atomic_load_explicit(&c->state, memory_order_relaxed) == ZN__CLOSED)
         goto done;
-    n = zn_buf_write_fd(&c->out, c->io.fd);
+    n = zn_buf_write_fd(c->out, c->io.fd);
     if (n < 0 && n != ZN_EAGAIN) {
         zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
         return;
     }
     if (n > 0)
-        zn__counter_add(&c->stats->bytes_out, (uint64_t)n);
-    if (c->paused_hwm && zn_buf_len(&c->out) < c->limits->out_low)
+        zn__counter_add(&c->g->stats->bytes_out, (uint64_t)n);
+    if (c->paused_hwm && zn__out_len(c) < c->g->limits->out_low)
         c->paused_hwm = 0;
 done:
-    if (zn_buf_len(&c->out) == 0)
+    if (zn__out_len(c) == 0)
         zn__conn_drained(c);
     zn__conn_update_io(c);
 }
@@ -499,16 +575,16 @@ done:
 static void
 zn__conn_high_water(zn_conn_t *c)
 {
-    size_t q = zn_buf_len(&c->out);
+    size_t q = zn__out_len(c);
 
-    if (c->paused_hwm || c->limits->out_high == 0 || q < c->limits->out_high)
+    if (c->paused_hwm || c->g->limits->out_high == 0 || q < c->g->limits->out_high)
         return;
     c->paused_hwm = 1;
-    zn__counter_add(&c->stats->high_water, 1);
-    if (c->h->on_high_water != NULL) {
+    zn__counter_add(&c->g->stats->high_water, 1);
+    if (c->g->h->on_high_water != NULL) {
         zn_conn_ref(c);
         c->in_cb++;
-        c->h->on_high_water(c, q, c->h->ud);
+        c->g->h->on_high_water(c, q, c->g->h->ud);
         c->in_cb--;
         zn_conn_unref(c);
     }
@@ -548,7 +624,7 @@ zn__conn_queue(zn_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip)
             skip -= len;
             continue;
         }
-        (void)zn_buf_append(&c->out, (const char *)iov[i].iov_base + skip,
+        (void)zn_buf_append(c->out, (const char *)iov[i].iov_base + skip,
                             len - skip);
         skip = 0;
     }
@@ -563,7 +639,7 @@ zn__conn_queue(zn_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip)
 static int
 zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 {
-    size_t total = 0, sent = 0, hard = c->limits->out_hard;
+    size_t total = 0, sent = 0, hard = c->g->limits->out_hard;
     ssize_t n;
     int i, rc;
 
@@ -573,26 +649,30 @@ zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         return ZN_ESHUTDOWN;
     for (i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (!c->batching && zn_buf_len(&c->out) == 0 && total > 0) {
+    if (!c->batching && zn__out_len(c) == 0 && total > 0) {
         n = zn__conn_sendmsg(c->io.fd, iov, iovcnt);
         if (n < 0 && n != ZN_EAGAIN) {
             zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
             return (int)n;
         }
         sent = n > 0 ? (size_t)n : 0;
-        zn__counter_add(&c->stats->bytes_out, sent);
+        zn__counter_add(&c->g->stats->bytes_out, sent);
         if (sent == total) {
             zn__conn_drained(c);
             return 0;
         }
     }
-    if (hard > 0 && zn_buf_len(&c->out) + (total - sent) > hard) {
+    if (hard > 0 && zn__out_len(c) + (total - sent) > hard) {
         ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: output queue over %zu bytes, closing",
                   zn_conn_peer(c), hard);
         zn__conn_close_loop(c, ZN_CLOSE_OUTPUT_CAP, true);
         return ZN_ENOBUFS;
     }
-    if ((rc = zn_buf_reserve(&c->out, total - sent)) != 0) {
+    if (zn__buf_get(&c->out) == NULL)
+        rc = ZN_ENOMEM;
+    else
+        rc = zn_buf_reserve(c->out, total - sent);
+    if (rc != 0) {
         if (sent > 0) /* part of a message is out: the stream is broken */
             zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
         return rc;
@@ -620,7 +700,7 @@ zn__conn_send_task(void *ud)
 
     atomic_fetch_sub(&r->c->posted, r->len);
     if (zn__conn_send_loop(r->c, &iov, 1) == ZN_ENOTCONN)
-        zn__counter_add(&r->c->stats->sends_dropped, 1);
+        zn__counter_add(&r->c->g->stats->sends_dropped, 1);
     zn_conn_unref(r->c);
     zn__free(r);
 }
@@ -635,7 +715,7 @@ zn__conn_send_task(void *ud)
 static int
 zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 {
-    size_t total = 0, off = 0, hard = c->limits->out_hard;
+    size_t total = 0, off = 0, hard = c->g->limits->out_hard;
     zn__send_req_t *r;
     int i, rc;
 
@@ -659,7 +739,7 @@ zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
     r->c = c;
     r->len = total;
     zn_conn_ref(c);
-    if ((rc = zn_loop_post(c->loop, zn__conn_send_task, r)) != 0) {
+    if ((rc = zn_loop_post(c->io.loop, zn__conn_send_task, r)) != 0) {
         atomic_fetch_sub(&c->posted, total);
         zn_conn_unref(c);
         zn__free(r);
@@ -675,7 +755,7 @@ zn_conn_sendv(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         return ZN_EINVAL;
     if (!zn_conn_is_open(c))
         return ZN_ENOTCONN;
-    if (zn_loop_in_thread(c->loop))
+    if (zn_loop_in_thread(c->io.loop))
         return zn__conn_send_loop(c, iov, iovcnt);
     return zn__conn_send_post(c, iov, iovcnt);
 }
@@ -701,8 +781,8 @@ zn__conn_deliver(zn_conn_t *c, zn_buf_t *in)
 {
     c->in_cb++;
     c->batching = 1;
-    if (c->h->on_data != NULL)
-        c->h->on_data(c, in, c->h->ud);
+    if (c->g->h->on_data != NULL)
+        c->g->h->on_data(c, in, c->g->h->ud);
     else
         zn_buf_consume(in, zn_buf_len(in));
     c->batching = 0;
@@ -727,7 +807,7 @@ zn__conn_read_scratch(zn_conn_t *c, char *scratch)
     while (n < 0 && errno == EINTR);
     if (n <= 0)
         return n < 0 ? (errno == EWOULDBLOCK ? ZN_EAGAIN : -errno) : 0;
-    zn__counter_add(&c->stats->bytes_in, (uint64_t)n);
+    zn__counter_add(&c->g->stats->bytes_in, (uint64_t)n);
     zn_buf_init_borrowed(&tmp, scratch, (size_t)n, ZN__SCRATCH_SIZE);
     zn__conn_deliver(c, &tmp);
     /* Ends the borrow: what is left moves into owned storage, which then
@@ -737,7 +817,13 @@ zn__conn_read_scratch(zn_conn_t *c, char *scratch)
         zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
         return n;
     }
-    c->in = tmp;
+    if (zn_buf_len(&tmp) > 0 && zn__buf_get(&c->in) == NULL) {
+        zn_buf_free(&tmp);
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+        return n;
+    }
+    if (c->in != NULL)
+        *c->in = tmp;
     return n;
 }
 
@@ -745,14 +831,14 @@ zn__conn_read_scratch(zn_conn_t *c, char *scratch)
 static ssize_t
 zn__conn_read_buffered(zn_conn_t *c, char *scratch)
 {
-    ssize_t n = zn_buf_read_fd(&c->in, c->io.fd, scratch, ZN__SCRATCH_SIZE);
+    ssize_t n = zn_buf_read_fd(c->in, c->io.fd, scratch, ZN__SCRATCH_SIZE);
 
     if (n <= 0)
         return n;
-    zn__counter_add(&c->stats->bytes_in, (uint64_t)n);
-    zn__conn_deliver(c, &c->in);
-    if (zn_buf_len(&c->in) == 0)
-        zn_buf_free(&c->in);
+    zn__counter_add(&c->g->stats->bytes_in, (uint64_t)n);
+    zn__conn_deliver(c, c->in);
+    if (c->in != NULL && zn_buf_len(c->in) == 0)
+        zn__buf_drop(&c->in);
     return n;
 }
 
@@ -763,12 +849,12 @@ static void
 zn__conn_eof(zn_conn_t *c)
 {
     c->eof = 1;
-    if (c->h->on_eof == NULL) {
+    if (c->g->h->on_eof == NULL) {
         zn__conn_close_loop(c, ZN_CLOSE_PEER, false);
         return;
     }
     c->in_cb++;
-    c->h->on_eof(c, c->h->ud);
+    c->g->h->on_eof(c, c->g->h->ud);
     c->in_cb--;
 }
 
@@ -776,27 +862,28 @@ zn__conn_eof(zn_conn_t *c)
 static void
 zn__conn_read(zn_conn_t *c)
 {
-    char *scratch = zn__loop_scratch(c->loop);
-    size_t in_max = c->limits->in_max;
+    char *scratch = zn__loop_scratch(c->io.loop);
+    size_t in_max = c->g->limits->in_max;
     ssize_t n;
 
     if (scratch == NULL) {
         zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
         return;
     }
-    if (zn_buf_len(&c->in) == 0 && c->in.cap == 0)
+    if (c->in == NULL)
         n = zn__conn_read_scratch(c, scratch);
     else
         n = zn__conn_read_buffered(c, scratch);
     if (n == 0)
         zn__conn_eof(c);
-    else if (n > 0)
-        c->last_input = zn_loop_now(c->loop);
-    else if (n == ZN_ENOMEM)
+    else if (n > 0) {
+        if (c->tm != NULL)
+            c->tm->last_input = zn_loop_now(c->io.loop);
+    } else if (n == ZN_ENOMEM)
         zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
     else if (n != ZN_EAGAIN)
         zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
-    if (in_max > 0 && zn_buf_len(&c->in) > in_max &&
+    if (in_max > 0 && zn__in_len(c) > in_max &&
         atomic_load(&c->state) == ZN__OPEN) {
         ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: over %zu bytes of unread input, "
                   "closing", zn_conn_peer(c), in_max);
@@ -816,7 +903,7 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
     zn_conn_ref(c);
     if ((events & ZN_READABLE) && (c->io.events & ZN_READABLE))
         zn__conn_read(c);
-    if ((events & ZN_WRITABLE) || zn_buf_len(&c->out) > 0)
+    if ((events & ZN_WRITABLE) || zn__out_len(c) > 0)
         zn__conn_flush(c);
     else
         zn__conn_update_io(c);
@@ -829,12 +916,14 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
 static uint64_t
 zn__conn_next_due(const zn_conn_t *c)
 {
-    uint64_t idle = c->limits->idle_ms, due = UINT64_MAX;
+    uint64_t idle = c->g->limits->idle_ms, due = UINT64_MAX;
 
+    if (c->tm == NULL)
+        return due;
     if (idle > 0)
-        due = c->last_input + idle;
-    if (c->deadline > 0 && c->deadline < due)
-        due = c->deadline;
+        due = c->tm->last_input + idle;
+    if (c->tm->deadline > 0 && c->tm->deadline < due)
+        due = c->tm->deadline;
     return due;
 }
 
@@ -844,25 +933,33 @@ zn__conn_next_due(const zn_conn_t *c)
 static void
 zn__conn_arm(zn_conn_t *c)
 {
-    uint64_t due = zn__conn_next_due(c), now = zn_loop_now(c->loop);
+    uint64_t due = zn__conn_next_due(c), now = zn_loop_now(c->io.loop);
 
     if (due == UINT64_MAX ||
         atomic_load_explicit(&c->state, memory_order_relaxed) != ZN__OPEN)
         return;
-    if (zn_timer_active(&c->timer) && c->timer.due <= due)
+    if (zn_timer_active(&c->tm->t) && c->tm->t.due <= due)
         return;
-    zn_timer_start(&c->timer, due > now ? due - now : 0, 0);
+    zn_timer_start(&c->tm->t, due > now ? due - now : 0, 0);
 }
 
 
 void
 zn_conn_set_deadline(zn_conn_t *c, uint64_t ms)
 {
-    uint64_t now = zn_loop_now(c->loop);
+    uint64_t now = zn_loop_now(c->io.loop);
 
-    c->deadline = ms == 0 ? 0 : ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
-    if (ms > 0)
-        zn__conn_arm(c);
+    if (ms == 0) {
+        if (c->tm != NULL)
+            c->tm->deadline = 0;
+        return;
+    }
+    if (zn__conn_tm(c) == NULL) {
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+        return;
+    }
+    c->tm->deadline = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+    zn__conn_arm(c);
 }
 
 
@@ -873,7 +970,7 @@ static void
 zn__conn_timer_cb(zn_timer_t *t, void *ud)
 {
     zn_conn_t *c = ud;
-    uint64_t now = zn_loop_now(c->loop);
+    uint64_t now = zn_loop_now(c->io.loop), idle = c->g->limits->idle_ms;
     int st = atomic_load_explicit(&c->state, memory_order_relaxed);
 
     (void)t;
@@ -883,15 +980,15 @@ zn__conn_timer_cb(zn_timer_t *t, void *ud)
     }
     if (st != ZN__OPEN)
         return;
-    if (c->deadline > 0 && now >= c->deadline) {
+    if (c->tm->deadline > 0 && now >= c->tm->deadline) {
         ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: deadline passed, closing",
                   zn_conn_peer(c));
         zn__conn_close_loop(c, ZN_CLOSE_DEADLINE, true);
         return;
     }
-    if (c->limits->idle_ms > 0 && now - c->last_input >= c->limits->idle_ms) {
+    if (idle > 0 && now - c->tm->last_input >= idle) {
         ZN_LOG_RL(ZN_LOG_INFO, 10, "%s: idle for %llu ms, closing",
-                  zn_conn_peer(c), (unsigned long long)c->limits->idle_ms);
+                  zn_conn_peer(c), (unsigned long long)idle);
         zn__conn_close_loop(c, ZN_CLOSE_IDLE, false);
         return;
     }

@@ -23,26 +23,40 @@ enum { ZN__OPEN = 0, ZN__CLOSING = 1, ZN__CLOSED = 2 };
 /* Called on the loop when a connection has closed, after on_close. */
 typedef void (*zn__conn_closed_fn)(zn_conn_t *c, void *owner);
 
+/*
+ * What a group of connections shares (a server's on one loop, a client's):
+ * the handler, the limits, the counters, and who to tell when one closes.
+ * One pointer per connection instead of five keeps idle connections small.
+ */
+typedef struct zn__conn_group_s {
+    const zn_handler_t *h;
+    const zn_conn_limits_t *limits;
+    zn__conn_stats_t *stats;
+    zn__conn_closed_fn closed_fn;   /* may be NULL */
+    void *owner;
+} zn__conn_group_t;
+
+/* Allocated only when a connection needs a time-out (idle time-out,
+ * deadline, close linger): most idle connections never do. */
+typedef struct {
+    zn_timer_t t;
+    uint64_t last_input;       /* loop ms of the last read */
+    uint64_t deadline;         /* loop ms; 0: none (zn_conn_set_deadline) */
+} zn__conn_timer_t;
+
 struct zn_conn_s {
     _Atomic uint32_t refs;
     _Atomic int state;
     uint64_t id;
-    zn_loop_t *loop;
-    zn_io_t io;
-    zn_buf_t in;
-    zn_buf_t out;
-    const zn_handler_t *h;
-    const zn_conn_limits_t *limits;
-    zn__conn_stats_t *stats;
-    zn__conn_closed_fn closed_fn;
-    void *owner;
+    zn_io_t io;                /* io.loop is the connection's loop */
+    zn_buf_t *in;              /* NULL while nothing waits to be read */
+    zn_buf_t *out;             /* NULL while nothing waits to be written */
+    const zn__conn_group_t *g;
     _Atomic(void *) data;
     _Atomic size_t posted;     /* bytes sent from other threads, in flight */
-    zn_timer_t timer;          /* idle time-out, then close linger */
-    uint64_t last_input;       /* loop ms of the last read */
-    uint64_t deadline;         /* loop ms; 0: none (zn_conn_set_deadline) */
-    unsigned in_cb;            /* depth of handler callbacks running */
-    unsigned char reason;      /* zn_close_reason_t once closing */
+    zn__conn_timer_t *tm;
+    uint16_t in_cb;            /* depth of handler callbacks running */
+    uint8_t reason;            /* zn_close_reason_t once closing */
     unsigned paused_user : 1;
     unsigned paused_hwm : 1;
     unsigned eof : 1;
@@ -51,17 +65,16 @@ struct zn_conn_s {
     unsigned abortive : 1;
     unsigned finish_posted : 1;
     unsigned batching : 1;     /* sends wait for the end of on_data */
+    unsigned own_group : 1;    /* g was allocated for this connection */
 };
 
 /*
  * Creates a connection over `fd` on `loop` (the caller's thread) without
  * starting it; zn__conn_start() then runs on_connect and starts reading.
- * `h`, `limits` and `stats` must outlive the open connection. Returns NULL
- * (fd untouched) if out of memory.
+ * The group must outlive the open connection. Returns NULL (fd untouched)
+ * if out of memory.
  */
-zn_conn_t *zn__conn_new(zn_loop_t *loop, int fd, const zn_handler_t *h,
-                        const zn_conn_limits_t *limits,
-                        zn__conn_stats_t *stats);
+zn_conn_t *zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g);
 void zn__conn_start(zn_conn_t *c);
 
 /* A process-wide fresh connection id (never reused). */

@@ -62,7 +62,8 @@ zn__idmap_place(zn__idmap_slot_t *slots, size_t cap, uint64_t id, void *val)
 }
 
 
-/* Inserts a new id (not present). Grows at 1/2 load. Returns 0 or
+/* Inserts a new id (not present). Grows at 3/4 load: linear probing stays
+ * short there, and every idle connection pays for its slot. Returns 0 or
  * ZN_ENOMEM. */
 static inline int
 zn__idmap_put(zn__idmap_t *m, uint64_t id, void *val)
@@ -70,7 +71,7 @@ zn__idmap_put(zn__idmap_t *m, uint64_t id, void *val)
     zn__idmap_slot_t *slots;
     size_t cap, i;
 
-    if ((m->n + 1) * 2 > m->cap) {
+    if ((m->n + 1) * 4 > m->cap * 3) {
         cap = m->cap ? m->cap * 2 : 64;
         slots = zn__calloc(cap, sizeof(*slots));
         if (slots == NULL)

@@ -28,6 +28,7 @@ typedef struct zn__ioctx_s {
     pthread_t thread;
     bool thread_started;
     zn__conn_stats_t stats;
+    zn__conn_group_t grp;    /* what this loop's connections share */
     _Atomic unsigned nconns;
     zn_timer_t drain_timer;
     uint64_t drain_deadline;
@@ -66,6 +67,22 @@ struct zn_server_s {
 
 static void zn__listener_cb(zn_io_t *io, unsigned events, void *ud);
 static void zn__listener_resume(zn_timer_t *t, void *ud);
+
+
+static void zn__server_conn_closed(zn_conn_t *c, void *owner);
+
+
+static void
+zn__ioctx_init(zn_server_t *s, zn__ioctx_t *ctx, zn_loop_t *loop)
+{
+    ctx->srv = s;
+    ctx->loop = loop;
+    ctx->grp.h = &s->o.handler;
+    ctx->grp.limits = &s->o.limits;
+    ctx->grp.stats = &ctx->stats;
+    ctx->grp.closed_fn = zn__server_conn_closed;
+    ctx->grp.owner = ctx;
+}
 
 
 void
@@ -108,8 +125,7 @@ zn_server_new(zn_loop_t *loop, const zn_server_opts_t *opts,
     if (s->o.emfile_backoff_ms == 0)
         s->o.emfile_backoff_ms = 100;
     s->main = loop;
-    s->main_ctx.srv = s;
-    s->main_ctx.loop = loop;
+    zn__ioctx_init(s, &s->main_ctx, loop);
     pthread_mutex_init(&s->mu, NULL);
     *out = s;
     return 0;
@@ -163,7 +179,7 @@ zn__server_open(zn__ioctx_t *ctx, int fd)
     zn_conn_t *c;
     int rc;
 
-    c = zn__conn_new(ctx->loop, fd, &s->o.handler, &s->o.limits, &ctx->stats);
+    c = zn__conn_new(ctx->loop, fd, &ctx->grp);
     if (c != NULL) {
         pthread_mutex_lock(&s->mu);
         rc = zn__idmap_put(&s->map, c->id, c);
@@ -180,8 +196,6 @@ zn__server_open(zn__ioctx_t *ctx, int fd)
         atomic_fetch_sub(&s->live, 1);
         return;
     }
-    c->closed_fn = zn__server_conn_closed;
-    c->owner = ctx;
     zn__counter_add(&ctx->stats.accepted, 1);
     zn__conn_start(c);
 }
@@ -446,15 +460,15 @@ zn__server_make_loops(zn_server_t *s)
     char name[32];
     int rc;
 
-    s->nio = s->o.io_threads;
-    if (s->nio == 0)
+    if (s->o.io_threads == 0)
         return 0;
-    if ((s->io = zn__calloc(s->nio, sizeof(*s->io))) == NULL)
+    if ((s->io = zn__calloc(s->o.io_threads, sizeof(*s->io))) == NULL)
         return ZN_ENOMEM;
+    s->nio = s->o.io_threads; /* only now: zn__server_release() walks io */
     for (i = 0; i < s->nio; i++) {
-        s->io[i].srv = s;
         if ((rc = zn_loop_new(&s->io[i].loop)) != 0)
             return rc;
+        zn__ioctx_init(s, &s->io[i], s->io[i].loop);
         snprintf(name, sizeof(name), "io-%u", i);
         zn_loop_set_name(s->io[i].loop, name);
     }
@@ -525,7 +539,7 @@ zn__server_collect(zn_server_t *s, const zn__ioctx_t *ctx, size_t *n)
     v = zn__malloc((s->map.n ? s->map.n : 1) * sizeof(*v));
     for (i = 0; v != NULL && i < s->map.cap; i++) {
         c = s->map.slots[i].val;
-        if (c != NULL && (ctx == NULL || c->owner == ctx)) {
+        if (c != NULL && (ctx == NULL || c->g->owner == ctx)) {
             zn_conn_ref(c);
             v[(*n)++] = c;
         }
