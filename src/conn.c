@@ -693,13 +693,47 @@ typedef struct {
 
 
 static void
+zn__conn_flush_task(void *ud)
+{
+    zn_conn_t *c = ud;
+
+    c->flush_posted = 0;
+    zn__conn_flush(c);
+    zn_conn_unref(c);
+}
+
+
+int
+zn__conn_send_deferred(zn_conn_t *c, const void *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+    int rc;
+
+    c->batching = 1;
+    rc = zn__conn_send_loop(c, &iov, 1);
+    c->batching = 0;
+    if (rc != 0 || c->flush_posted || zn__out_len(c) == 0)
+        return rc;
+    /* A post from the loop's own thread runs in the next batch and costs
+     * no system call; without memory for it, write now. */
+    zn_conn_ref(c);
+    c->flush_posted = 1;
+    if (zn_loop_post(c->io.loop, zn__conn_flush_task, c) != 0) {
+        c->flush_posted = 0;
+        zn_conn_unref(c);
+        zn__conn_flush(c);
+    }
+    return 0;
+}
+
+
+static void
 zn__conn_send_task(void *ud)
 {
     zn__send_req_t *r = ud;
-    struct iovec iov = {r->data, r->len};
 
     atomic_fetch_sub(&r->c->posted, r->len);
-    if (zn__conn_send_loop(r->c, &iov, 1) == ZN_ENOTCONN)
+    if (zn__conn_send_deferred(r->c, r->data, r->len) == ZN_ENOTCONN)
         zn__counter_add(&r->c->g->stats->sends_dropped, 1);
     zn_conn_unref(r->c);
     zn__free(r);

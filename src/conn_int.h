@@ -66,6 +66,7 @@ struct zn_conn_s {
     unsigned finish_posted : 1;
     unsigned batching : 1;     /* sends wait for the end of on_data */
     unsigned own_group : 1;    /* g was allocated for this connection */
+    unsigned flush_posted : 1; /* a deferred flush is queued on the loop */
 };
 
 /*
@@ -76,6 +77,14 @@ struct zn_conn_s {
  */
 zn_conn_t *zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g);
 void zn__conn_start(zn_conn_t *c);
+
+/*
+ * On the loop thread, from a posted task: queues the bytes without writing
+ * and makes sure one flush runs after the current batch of tasks, so that
+ * many answers arriving through the task queue (from workers, from other
+ * threads) leave in one system call. Returns as zn_conn_send().
+ */
+int zn__conn_send_deferred(zn_conn_t *c, const void *data, size_t len);
 
 /* A process-wide fresh connection id (never reused). */
 uint64_t zn__conn_next_id(void);

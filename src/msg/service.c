@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "conn_int.h"
 #include "msg_int.h"
 #include "znet/log.h"
 #include "znet/znet.pb-c.h"
@@ -210,7 +211,8 @@ zn__msg_out_task(void *ud)
 {
     zn__msg_out_t *o = ud;
 
-    if (o->len > 0 && zn_conn_send(o->conn, o->data, o->len) == ZN_ENOTCONN)
+    if (o->len > 0 &&
+        zn__conn_send_deferred(o->conn, o->data, o->len) == ZN_ENOTCONN)
         ZN__MSG_STAT_ADD(o->svc, late_replies, 1);
     zn__msg_done(o->svc, o->conn, o->mc);
     zn_conn_unref(o->conn);
