@@ -102,11 +102,17 @@ size_t zn__msg_frame_size(const ProtobufCMessage *msg, size_t *body_len);
 void zn__msg_run(zn_msg_req_t *req);
 void zn__msg_req_unref(zn_msg_req_t *req);
 
-/* Workers (workers.c). Enqueue returns 0, ZN_ENOBUFS (full) or
- * ZN_ESHUTDOWN (stopping). */
+/* A worker brackets a batch of requests with these: answers made in
+ * between go to their loops together when the batch ends. */
+void zn__msg_collect_begin(void);
+void zn__msg_collect_end(void);
+
+/* Workers (workers.c). Enqueue takes a chain and returns what did not
+ * fit (see there). */
 int zn__msg_workers_start(zn_msg_service_t *svc);
 void zn__msg_workers_stop(zn_msg_service_t *svc);
-int zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *req);
+zn_msg_req_t *zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head,
+                              int *why);
 
 #define ZN__MSG_STAT_ADD(svc, field, n)                                       \
     atomic_fetch_add_explicit(&(svc)->st.field, (n), memory_order_relaxed)

@@ -8,6 +8,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conn_int.h"
 #include "msg_int.h"
@@ -197,7 +198,8 @@ zn__msg_done(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc)
 }
 
 
-typedef struct {
+typedef struct zn__msg_out_s {
+    struct zn__msg_out_s *next;
     zn_msg_service_t *svc;
     zn_conn_t *conn;           /* a reference */
     zn__msg_conn_t *mc;
@@ -205,18 +207,87 @@ typedef struct {
     uint8_t data[];
 } zn__msg_out_t;
 
+/* While a worker runs a batch of requests, their answers wait here and go
+ * to each loop as one task: one lock and at most one wake-up per loop per
+ * batch instead of one per answer. */
+static __thread zn__msg_out_t *zn__tl_outs;
+static __thread bool zn__tl_collect;
 
+
+/* On the loop: a chain of answers, in the order they were made. */
 static void
 zn__msg_out_task(void *ud)
 {
-    zn__msg_out_t *o = ud;
+    zn__msg_out_t *o = ud, *next;
 
-    if (o->len > 0 &&
-        zn__conn_send_deferred(o->conn, o->data, o->len) == ZN_ENOTCONN)
-        ZN__MSG_STAT_ADD(o->svc, late_replies, 1);
-    zn__msg_done(o->svc, o->conn, o->mc);
-    zn_conn_unref(o->conn);
-    zn__free(o);
+    for (; o != NULL; o = next) {
+        next = o->next;
+        if (o->len > 0 &&
+            zn__conn_send_deferred(o->conn, o->data, o->len) == ZN_ENOTCONN)
+            ZN__MSG_STAT_ADD(o->svc, late_replies, 1);
+        zn__msg_done(o->svc, o->conn, o->mc);
+        zn_conn_unref(o->conn);
+        zn__free(o);
+    }
+}
+
+
+/* Posts a chain to its loop. Without memory for the task the answers
+ * cannot travel; retry briefly, then give up loudly (the requests stay in
+ * flight and their connections cannot finish a half-close). */
+static void
+zn__msg_post_chain(zn_loop_t *loop, zn__msg_out_t *chain)
+{
+    int tries;
+
+    for (tries = 0; tries < 100; tries++) {
+        if (zn_loop_post(loop, zn__msg_out_task, chain) == 0)
+            return;
+        usleep(1000);
+    }
+    ZN_LOG(ZN_LOG_ERROR, "msg: out of memory posting answers; dropped");
+}
+
+
+void
+zn__msg_collect_begin(void)
+{
+    zn__tl_collect = true;
+}
+
+
+/* Sends the collected answers: reversed into the order they were made,
+ * then split by loop, each part keeping that order. */
+void
+zn__msg_collect_end(void)
+{
+    zn__msg_out_t *list = NULL, *o, *next, *mine, **tail;
+    zn_loop_t *loop;
+
+    zn__tl_collect = false;
+    for (o = zn__tl_outs; o != NULL; o = next) {
+        next = o->next;
+        o->next = list;
+        list = o;
+    }
+    zn__tl_outs = NULL;
+    while (list != NULL) {
+        loop = zn_conn_loop(list->conn);
+        mine = NULL;
+        tail = &mine;
+        for (zn__msg_out_t **pp = &list; *pp != NULL;) {
+            o = *pp;
+            if (zn_conn_loop(o->conn) != loop) {
+                pp = &o->next;
+                continue;
+            }
+            *pp = o->next;
+            o->next = NULL;
+            *tail = o;
+            tail = &o->next;
+        }
+        zn__msg_post_chain(loop, mine);
+    }
 }
 
 
@@ -246,6 +317,12 @@ zn__msg_answer_posted(zn_msg_req_t *req, uint8_t flags,
     if (size > 0)
         zn__msg_pack_into(o->data, req->cmd, req->seq, flags, msg, body);
     zn_conn_ref(o->conn);
+    o->next = NULL;
+    if (zn__tl_collect) {
+        o->next = zn__tl_outs;
+        zn__tl_outs = o;
+        return 0;
+    }
     if (zn_loop_post(zn_conn_loop(req->conn), zn__msg_out_task, o) != 0) {
         zn_conn_unref(o->conn);
         zn__free(o);
@@ -401,17 +478,22 @@ zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
 }
 
 
+typedef struct {
+    zn_msg_req_t *head;
+    zn_msg_req_t **tail;
+} zn__msg_batch_t;
+
+
 /* One complete frame: answer what can be answered at once, else decode
- * and run the handler here or hand the request to a worker. */
+ * and run the handler here or add the request to the workers' batch. */
 static void
 zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
-              const zn_frame_t *f)
+              const zn_frame_t *f, zn__msg_batch_t *batch)
 {
     bool oneway = zn_frame_is_oneway(&f->hdr);
     const zn__msg_entry_t *ent;
     zn_msg_req_t *req;
     char text[48];
-    int rc;
 
     if (zn_frame_is_response(&f->hdr)) {
         ZN__MSG_STAT_ADD(svc, responses_dropped, 1);
@@ -442,15 +524,34 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
         zn__msg_run(req);
         return;
     }
-    if ((rc = zn__msg_enqueue(svc, req)) == 0)
+    req->next = NULL; /* queued with the others of this read */
+    *batch->tail = req;
+    batch->tail = &req->next;
+}
+
+
+/* Hands the requests of one read to the workers at once; those that do
+ * not fit are answered here. */
+static void
+zn__msg_dispatch_batch(zn_msg_service_t *svc, zn__msg_batch_t *batch)
+{
+    zn_msg_req_t *left, *next;
+    int why;
+
+    if (batch->head == NULL)
         return;
-    if (rc == ZN_ENOBUFS)
-        ZN__MSG_STAT_ADD(svc, overloaded, 1);
-    if (rc == ZN_ESHUTDOWN)
-        (void)zn_msg_reply_error(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
-    else
-        (void)zn_msg_reply_error(req, ZN_ERR_OVERLOADED, "overloaded");
-    zn__msg_req_unref(req);
+    left = zn__msg_enqueue(svc, batch->head, &why);
+    for (; left != NULL; left = next) {
+        next = left->next;
+        if (why == ZN_ENOBUFS)
+            ZN__MSG_STAT_ADD(svc, overloaded, 1);
+        if (why == ZN_ESHUTDOWN)
+            (void)zn_msg_reply_error(left, ZN_ERR_SHUTTING_DOWN,
+                                     "shutting down");
+        else
+            (void)zn_msg_reply_error(left, ZN_ERR_OVERLOADED, "overloaded");
+        zn__msg_req_unref(left);
+    }
 }
 
 
@@ -482,6 +583,7 @@ zn__msg_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
 {
     zn_msg_service_t *svc = ud;
     zn__msg_conn_t *mc = zn_conn_get_data(c);
+    zn__msg_batch_t batch = {NULL, &batch.head};
     zn_frame_reason_t reason;
     unsigned frames = 0;
     zn_frame_t f;
@@ -496,10 +598,11 @@ zn__msg_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
             zn__msg_bad_header(svc, c, mc, reason);
             break;
         }
-        zn__msg_frame(svc, c, mc, &f);
+        zn__msg_frame(svc, c, mc, &f, &batch);
         zn_buf_consume(in, f.size);
         frames++;
     }
+    zn__msg_dispatch_batch(svc, &batch);
     if (!zn_conn_is_open(c)) {
         zn_buf_consume(in, zn_buf_len(in));
         return;

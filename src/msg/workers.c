@@ -13,74 +13,124 @@
 #include "znet/log.h"
 
 
+#define ZN__WORKER_BATCH 16
+#define ZN__BATCH_HOLD_NS 200000 /* 0.2 ms */
+
+
+/*
+ * Takes a batch: up to a fair share of what waits (so that other workers
+ * get work too), at most ZN__WORKER_BATCH. Returns a chain, or NULL when
+ * the service stops and the queue is empty.
+ */
 static zn_msg_req_t *
-zn__queue_pop(zn_msg_service_t *svc, zn__msg_queue_t *q)
+zn__queue_pop(zn_msg_service_t *svc, zn__msg_queue_t *q, unsigned sharers)
 {
-    zn_msg_req_t *req;
+    zn_msg_req_t *head, **tail;
+    unsigned take, i;
 
     pthread_mutex_lock(&q->mu);
     while (q->head == NULL && !atomic_load(&svc->stopping))
         pthread_cond_wait(&q->cv, &q->mu);
-    req = q->head;
-    if (req != NULL) {
-        q->head = req->next;
-        if (q->head == NULL)
-            q->tail = NULL;
-        q->n--;
-    }
+    take = q->n / sharers;
+    take = take < 1 ? 1 : take > ZN__WORKER_BATCH ? ZN__WORKER_BATCH : take;
+    head = q->head;
+    tail = &head;
+    for (i = 0; i < take && *tail != NULL; i++)
+        tail = &(*tail)->next;
+    q->head = *tail;
+    *tail = NULL;
+    if (q->head == NULL)
+        q->tail = NULL;
+    q->n -= i;
     pthread_mutex_unlock(&q->mu);
-    return req;
+    return head;
 }
 
 
-/* Runs requests until the service stops; requests still queued then are
- * answered SHUTTING_DOWN rather than run. */
+static void
+zn__worker_one(zn_msg_service_t *svc, zn_msg_req_t *req)
+{
+    atomic_fetch_sub(&svc->st.queued, 1);
+    if (!atomic_load(&svc->stopping)) {
+        zn__msg_run(req);
+        return;
+    }
+    (void)zn_msg_reply_error(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
+    zn__msg_req_unref(req); /* the handler phase, never run */
+}
+
+
+/* Runs batches of requests until the service stops; requests still queued
+ * then are answered SHUTTING_DOWN rather than run. */
 static void *
 zn__worker_main(void *arg)
 {
     zn__msg_worker_t *w = arg;
     zn_msg_service_t *svc = w->svc;
-    zn_msg_req_t *req;
+    unsigned sharers = svc->o.ordered ? 1 : svc->o.workers;
+    zn_msg_req_t *req, *next;
 
-    while ((req = zn__queue_pop(svc, w->q)) != NULL) {
-        atomic_fetch_sub(&svc->st.queued, 1);
-        if (!atomic_load(&svc->stopping)) {
-            zn__msg_run(req);
-            continue;
+    uint64_t t0;
+
+    while ((req = zn__queue_pop(svc, w->q, sharers)) != NULL) {
+        zn__msg_collect_begin();
+        t0 = zn_now_ns();
+        for (; req != NULL; req = next) {
+            next = req->next;
+            zn__worker_one(svc, req);
+            /* Slow handlers: do not hold finished answers back. */
+            if (next != NULL && zn_now_ns() - t0 > ZN__BATCH_HOLD_NS) {
+                zn__msg_collect_end();
+                zn__msg_collect_begin();
+                t0 = zn_now_ns();
+            }
         }
-        (void)zn_msg_reply_error(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
-        zn__msg_req_unref(req); /* the handler phase, never run */
+        zn__msg_collect_end();
     }
     return NULL;
 }
 
 
-int
-zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *req)
+/*
+ * Queues a chain of requests (those of one read, all of one connection)
+ * under one lock with one wake-up. Returns what did not fit, as a chain,
+ * with *why set to ZN_ENOBUFS (full) or ZN_ESHUTDOWN (stopping); NULL if
+ * everything was queued.
+ */
+zn_msg_req_t *
+zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head, int *why)
 {
     unsigned i = svc->o.ordered
-                     ? (unsigned)(zn_conn_id(req->conn) % svc->nqueues)
-                     : 0;
+                     ? (unsigned)(zn_conn_id(head->conn) % svc->nqueues)
+                     : 0, n = 0;
     zn__msg_queue_t *q = &svc->queues[i];
+    zn_msg_req_t *req;
 
     /* Checked under the lock that workers exit under: once they have
      * seen the stop with an empty queue, nothing more gets in. */
     pthread_mutex_lock(&q->mu);
-    if (atomic_load(&svc->stopping) || q->n >= q->max) {
-        pthread_mutex_unlock(&q->mu);
-        return atomic_load(&svc->stopping) ? ZN_ESHUTDOWN : ZN_ENOBUFS;
+    *why = atomic_load(&svc->stopping) ? ZN_ESHUTDOWN : ZN_ENOBUFS;
+    while (head != NULL && *why != ZN_ESHUTDOWN && q->n < q->max) {
+        req = head;
+        head = req->next;
+        req->next = NULL;
+        if (q->tail != NULL)
+            q->tail->next = req;
+        else
+            q->head = req;
+        q->tail = req;
+        q->n++;
+        n++;
     }
-    req->next = NULL;
-    if (q->tail != NULL)
-        q->tail->next = req;
-    else
-        q->head = req;
-    q->tail = req;
-    q->n++;
-    atomic_fetch_add(&svc->st.queued, 1);
-    pthread_cond_signal(&q->cv);
+    if (n > 0) {
+        atomic_fetch_add(&svc->st.queued, n);
+        if (n > 1)
+            pthread_cond_broadcast(&q->cv);
+        else
+            pthread_cond_signal(&q->cv);
+    }
     pthread_mutex_unlock(&q->mu);
-    return 0;
+    return head;
 }
 
 
