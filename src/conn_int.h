@@ -42,6 +42,7 @@ typedef struct {
     zn_timer_t t;
     uint64_t last_input;       /* loop ms of the last read */
     uint64_t deadline;         /* loop ms; 0: none (zn_conn_set_deadline) */
+    uint64_t paused_since;     /* loop ms reading paused at; 0: reading */
 } zn__conn_timer_t;
 
 struct zn_conn_s {

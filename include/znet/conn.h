@@ -179,8 +179,10 @@ ZN_EXTERN void zn_conn_set_deadline(zn_conn_t *c, uint64_t ms);
 /* The socket's descriptor (-1 once closed). Do not close it. */
 ZN_EXTERN int zn_conn_fd(const zn_conn_t *c);
 
-/* The peer's address as "1.2.3.4:5", "[::1]:5" or "unix:path". Any
- * thread (fixed at connect). */
+/* The peer's address as "1.2.3.4:5" or "[::1]:5", read from the socket
+ * into a per-thread buffer (valid until the next call on this thread);
+ * "unix#ID" for a Unix socket, "conn#ID" once the socket is closed. For log
+ * lines. */
 ZN_EXTERN const char *zn_conn_peer(const zn_conn_t *c);
 
 /* Replaces the limits (for example from on_connect). */

@@ -653,11 +653,9 @@ zn__msg_on_close(zn_conn_t *c, zn_close_reason_t reason, void *ud)
     zn_msg_service_t *svc = ud;
     zn__msg_conn_t *mc = zn_conn_get_data(c);
 
-    if (reason == ZN_CLOSE_DEADLINE) {
+    /* The core has logged the deadline with the peer's address. */
+    if (reason == ZN_CLOSE_DEADLINE)
         ZN__MSG_STAT_ADD(svc, deadline_closes, 1);
-        if (mc != NULL)
-            zn__msg_warn(c, mc, "frame deadline passed", 0);
-    }
     if (mc == NULL)
         return;
     zn_conn_set_data(c, NULL);
