@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libprotobuf-c-dev protobuf-c-compiler libcmocka-dev
       protobuf-compiler python3 python3-protobuf
-      libevent-dev libuv1-dev)
+      libevent-dev libuv1-dev valgrind gnuplot-nox)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds znet and runs every test: the whole suite in a normal build (with
 # -Werror, gcc), a clang build for warnings, the whole suite again under
-# ASan+UBSan, the threaded tests under TSan, and each libFuzzer target for a
-# bounded time (FUZZ_SECONDS, default 30) over the committed corpus.
+# ASan+UBSan, each libFuzzer target for a bounded time (FUZZ_SECONDS,
+# default 30) over the committed corpus, a subset under valgrind memcheck,
+# a soak of SOAK_SECONDS (default 120), and the threaded tests under TSan.
 #
 #   scripts/test.sh            all of it
 #   JOBS=4 scripts/test.sh     more parallel builds
@@ -35,6 +36,12 @@ build build/asan -DCMAKE_BUILD_TYPE=Debug -DZNET_ASAN=ON
 
 echo "== libFuzzer (${FUZZ_SECONDS:-30} s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+echo "== valgrind memcheck (a subset, with --track-fds)"
+scripts/valgrind.sh build/normal
+
+echo "== soak (${SOAK_SECONDS:-120} s of mixed load with faults)"
+SOAK_BUILD_DIR=build/normal scripts/soak.sh "${SOAK_SECONDS:-120}"
 
 echo "== TSan (threaded tests)"
 build build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZNET_TSAN=ON

@@ -32,6 +32,7 @@ static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
                                 bool abortive);
 static void zn__conn_flush(zn_conn_t *c);
 static void zn__conn_arm(zn_conn_t *c);
+static void zn__conn_finish_if_pending(zn_conn_t *c);
 
 
 static inline size_t
@@ -316,6 +317,7 @@ zn__conn_start(zn_conn_t *c)
     c->in_cb--;
     zn__conn_flush(c);
     zn__conn_update_io(c);
+    zn__conn_finish_if_pending(c);
     zn_conn_unref(c);
 }
 
@@ -399,8 +401,26 @@ zn__conn_schedule_finish(zn_conn_t *c)
     if (c->finish_posted)
         return;
     c->finish_posted = 1;
-    if (zn_loop_post(c->io.loop, zn__conn_finish_task, c) != 0)
+    if (zn_loop_post(c->io.loop, zn__conn_finish_task, c) == 0)
+        return;
+    /* No memory for the task: finish here, but never inside one of the
+     * connection's own callbacks (on_close would free what the handler
+     * still uses): then when they return. */
+    if (c->in_cb > 0)
+        c->finish_pending = 1;
+    else
         zn__conn_finish(c);
+}
+
+
+/* After the outermost callback of a connection has returned. */
+static void
+zn__conn_finish_if_pending(zn_conn_t *c)
+{
+    if (c->finish_pending && c->in_cb == 0) {
+        c->finish_pending = 0;
+        zn__conn_finish(c);
+    }
 }
 
 
@@ -737,10 +757,14 @@ static void
 zn__conn_send_task(void *ud)
 {
     zn__send_req_t *r = ud;
+    int rc;
 
     atomic_fetch_sub(&r->c->posted, r->len);
-    if (zn__conn_send_deferred(r->c, r->data, r->len) == ZN_ENOTCONN)
+    rc = zn__conn_send_deferred(r->c, r->data, r->len);
+    if (rc == ZN_ENOTCONN)
         zn__counter_add(&r->c->g->stats->sends_dropped, 1);
+    else if (rc == ZN_ENOMEM) /* the sender was told 0: the peer must learn */
+        zn__conn_close_loop(r->c, ZN_CLOSE_NOMEM, true);
     zn_conn_unref(r->c);
     zn__free(r);
 }
@@ -947,6 +971,7 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
         zn__conn_flush(c);
     else
         zn__conn_update_io(c);
+    zn__conn_finish_if_pending(c);
     zn_conn_unref(c);
 }
 

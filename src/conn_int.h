@@ -68,6 +68,7 @@ struct zn_conn_s {
     unsigned batching : 1;     /* sends wait for the end of on_data */
     unsigned own_group : 1;    /* g was allocated for this connection */
     unsigned flush_posted : 1; /* a deferred flush is queued on the loop */
+    unsigned finish_pending : 1; /* finish once the callbacks return */
 };
 
 /*

@@ -46,6 +46,15 @@ zn_loop_new(zn_loop_t **out)
         rc = -errno;
         goto close_epoll;
     }
+    /* Room for a burst of tasks from the start: posting then allocates
+     * nothing, so answers and closes still travel when memory runs out. */
+    loop->pending.v = zn__malloc(ZN__TASKS_INITIAL * sizeof(zn__task_t));
+    loop->running.v = zn__malloc(ZN__TASKS_INITIAL * sizeof(zn__task_t));
+    if (loop->pending.v == NULL || loop->running.v == NULL) {
+        rc = ZN_ENOMEM;
+        goto free_tasks;
+    }
+    loop->pending.cap = loop->running.cap = ZN__TASKS_INITIAL;
     pthread_mutex_init(&loop->task_mu, NULL);
     atomic_init(&loop->owner, zn__self());
     snprintf(loop->name, sizeof(loop->name), "loop");
@@ -59,8 +68,11 @@ zn_loop_new(zn_loop_t **out)
 
 close_wakefd:
     pthread_mutex_destroy(&loop->task_mu);
-    zn__close_fd(loop->wakefd);
     zn__free(loop->ios);
+free_tasks:
+    zn__free(loop->pending.v);
+    zn__free(loop->running.v);
+    zn__close_fd(loop->wakefd);
 close_epoll:
     zn__close_fd(loop->epfd);
 free_loop:
@@ -176,7 +188,7 @@ zn__taskvec_push(zn__taskvec_t *tv, zn_task_cb cb, void *ud)
     size_t cap;
 
     if (tv->n == tv->cap) {
-        cap = tv->cap ? tv->cap * 2 : 64;
+        cap = tv->cap ? tv->cap * 2 : ZN__TASKS_INITIAL;
         v = zn__realloc(tv->v, cap * sizeof(*v));
         if (v == NULL)
             return ZN_ENOMEM;

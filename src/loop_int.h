@@ -16,6 +16,7 @@
 
 #define ZN__SCRATCH_SIZE (64 * 1024)
 #define ZN__MAX_EVENTS 1024
+#define ZN__TASKS_INITIAL 64
 
 typedef struct {
     zn_task_cb cb;

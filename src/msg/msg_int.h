@@ -101,6 +101,8 @@ size_t zn__msg_frame_size(const ProtobufCMessage *msg, size_t *body_len);
 /* Runs a request's handler and lets go of its handler phase. */
 void zn__msg_run(zn_msg_req_t *req);
 void zn__msg_req_unref(zn_msg_req_t *req);
+void zn__msg_answer_or_abandon(zn_msg_req_t *req, uint32_t code,
+                               const char *text);
 
 /* A worker brackets a batch of requests with these: answers made in
  * between go to their loops together when the batch ends. */
@@ -111,6 +113,7 @@ void zn__msg_collect_end(void);
  * fit (see there). */
 int zn__msg_workers_start(zn_msg_service_t *svc);
 void zn__msg_workers_stop(zn_msg_service_t *svc);
+void zn__msg_workers_free(zn_msg_service_t *svc);
 zn_msg_req_t *zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head,
                               int *why);
 

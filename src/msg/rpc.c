@@ -429,10 +429,15 @@ static void
 zn__rpc_flush_queue(zn_rpc_t *r)
 {
     zn__rpc_call_t *call;
+    int rc;
 
     while ((call = r->queued.first) != NULL && zn__rpc_can_send(r)) {
-        if (zn_conn_send(r->conn, call->frame, call->frame_len) != 0)
+        if ((rc = zn_conn_send(r->conn, call->frame, call->frame_len)) != 0) {
+            /* Out of memory (or closed): the calls still queued fail now
+             * rather than wait for their deadlines. */
+            zn__rpc_fail_list(r, &r->queued, rc);
             return;
+        }
         zn__rpc_list_remove(call);
         zn__free(call->frame);
         call->frame = NULL;
@@ -516,9 +521,13 @@ zn__rpc_deliver_error(zn_rpc_t *r, zn__rpc_call_t *call, const zn_frame_t *f)
     zn__pb_alloc_t a;
     Znet__Error *e;
 
-    if (zn__pb_unpack(&znet__error__descriptor, f->body, f->hdr.length, &po, &m,
-                      &a) != 0) {
-        zn__rpc_complete(r, call, ZN_EBADMSG, NULL, NULL);
+    int rc;
+
+    rc = zn__pb_unpack(&znet__error__descriptor, f->body, f->hdr.length, &po,
+                       &m, &a);
+    if (rc != 0) { /* out of memory is ours, not the server's fault */
+        zn__rpc_complete(r, call, rc == ZN_ENOMEM ? ZN_ENOMEM : ZN_EBADMSG,
+                         NULL, NULL);
         return;
     }
     e = (Znet__Error *)m;

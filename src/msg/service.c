@@ -119,12 +119,17 @@ zn__msg_send_error(zn_msg_service_t *svc, zn_conn_t *c, uint32_t cmd,
 {
     Znet__Error e = ZNET__ERROR__INIT;
 
+    int rc;
+
     e.code = code;
     e.message = (char *)text;
-    if (zn__msg_send_frame(c, cmd, seq, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR,
-                           &e.base) == 0) {
+    rc = zn__msg_send_frame(c, cmd, seq, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR,
+                            &e.base);
+    if (rc == 0) {
         ZN__MSG_STAT_ADD(svc, replies, 1);
         ZN__MSG_STAT_ADD(svc, errors_sent[code < 6 ? code : 0], 1);
+    } else if (rc == ZN_ENOMEM) { /* the peer would wait for ever */
+        zn_conn_close_reason(c, ZN_CLOSE_NOMEM, true);
     }
 }
 
@@ -220,11 +225,16 @@ zn__msg_out_task(void *ud)
 {
     zn__msg_out_t *o = ud, *next;
 
+    int rc;
+
     for (; o != NULL; o = next) {
         next = o->next;
-        if (o->len > 0 &&
-            zn__conn_send_deferred(o->conn, o->data, o->len) == ZN_ENOTCONN)
+        rc = o->len > 0 ? zn__conn_send_deferred(o->conn, o->data, o->len)
+                        : 0;
+        if (rc == ZN_ENOTCONN)
             ZN__MSG_STAT_ADD(o->svc, late_replies, 1);
+        else if (rc == ZN_ENOMEM) /* lost: the peer must not wait */
+            zn_conn_close_reason(o->conn, ZN_CLOSE_NOMEM, true);
         zn__msg_done(o->svc, o->conn, o->mc);
         zn_conn_unref(o->conn);
         zn__free(o);
@@ -406,6 +416,54 @@ zn_msg_reply_error(zn_msg_req_t *req, uint32_t code, const char *text)
 }
 
 
+/* On the loop: a request that cannot be answered ends, and its
+ * connection closes so that the peer does not wait for the answer. */
+static void
+zn__msg_abandon_here(zn_msg_req_t *req)
+{
+    zn__msg_done(req->svc, req->conn, req->mc);
+    zn_conn_close_reason(req->conn, ZN_CLOSE_NOMEM, true);
+    zn__msg_req_unref(req);
+}
+
+
+static void
+zn__msg_abandon_task(void *ud)
+{
+    zn__msg_abandon_here(ud);
+}
+
+
+/*
+ * Answers with an error, or, if even that cannot be queued (out of
+ * memory), abandons the request: nothing may stay in flight for ever. Off
+ * the loop the abandonment travels as a task; a worker may wait for
+ * memory for it.
+ */
+void
+zn__msg_answer_or_abandon(zn_msg_req_t *req, uint32_t code, const char *text)
+{
+    int tries;
+
+    if (zn_msg_reply_error(req, code, text) != ZN_ENOMEM ||
+        atomic_exchange(&req->answered, 1))
+        return;
+    ZN_LOG_RL(ZN_LOG_ERROR, 1, "msg: cmd %u: cannot answer, closing",
+              req->cmd);
+    if (zn_loop_in_thread(zn_conn_loop(req->conn))) {
+        zn__msg_abandon_here(req);
+        return;
+    }
+    for (tries = 0; tries < 100; tries++) {
+        if (zn_loop_post(zn_conn_loop(req->conn), zn__msg_abandon_task,
+                         req) == 0)
+            return;
+        usleep(1000);
+    }
+    ZN_LOG(ZN_LOG_ERROR, "msg: out of memory: request %u leaked", req->seq);
+}
+
+
 /*
  * Runs the handler (on the loop or a worker). A handler that neither
  * answered nor deferred gets INTERNAL answered for it, so that no request
@@ -415,9 +473,8 @@ void
 zn__msg_run(zn_msg_req_t *req)
 {
     req->ent->cb(req, req->msg, req->ent->ud);
-    if (!req->deferred && !atomic_load(&req->answered) &&
-        zn_msg_reply_error(req, ZN_ERR_INTERNAL, "no reply") != 0)
-        ZN_LOG_RL(ZN_LOG_ERROR, 1, "msg: cmd %u: cannot answer", req->cmd);
+    if (!req->deferred && !atomic_load(&req->answered))
+        zn__msg_answer_or_abandon(req, ZN_ERR_INTERNAL, "no reply");
     zn__msg_req_unref(req);
 }
 
@@ -546,10 +603,11 @@ zn__msg_dispatch_batch(zn_msg_service_t *svc, zn__msg_batch_t *batch)
         if (why == ZN_ENOBUFS)
             ZN__MSG_STAT_ADD(svc, overloaded, 1);
         if (why == ZN_ESHUTDOWN)
-            (void)zn_msg_reply_error(left, ZN_ERR_SHUTTING_DOWN,
-                                     "shutting down");
+            zn__msg_answer_or_abandon(left, ZN_ERR_SHUTTING_DOWN,
+                                      "shutting down");
         else
-            (void)zn_msg_reply_error(left, ZN_ERR_OVERLOADED, "overloaded");
+            zn__msg_answer_or_abandon(left, ZN_ERR_OVERLOADED,
+                                      "overloaded");
         zn__msg_req_unref(left);
     }
 }
@@ -764,6 +822,7 @@ zn_msg_service_free(zn_msg_service_t *svc)
     if (svc == NULL)
         return;
     zn__msg_workers_stop(svc);
+    zn__msg_workers_free(svc);
     zn_msg_frame_free(svc->reject);
     zn__free(svc);
 }

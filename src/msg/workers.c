@@ -55,7 +55,7 @@ zn__worker_one(zn_msg_service_t *svc, zn_msg_req_t *req)
         zn__msg_run(req);
         return;
     }
-    (void)zn_msg_reply_error(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
+    zn__msg_answer_or_abandon(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
     zn__msg_req_unref(req); /* the handler phase, never run */
 }
 
@@ -179,8 +179,21 @@ zn__msg_workers_stop(zn_msg_service_t *svc)
         pthread_mutex_unlock(&svc->queues[i].mu);
     }
     for (i = 0; i < svc->o.workers && svc->workers != NULL; i++)
-        if (svc->workers[i].started)
+        if (svc->workers[i].started) {
             pthread_join(svc->workers[i].th, NULL);
+            svc->workers[i].started = false;
+        }
+}
+
+
+/* After the stop, when no loop can dispatch to the service any more: the
+ * queues stay until then, since a loop may still try (and be refused,
+ * under the queue's lock) after the workers are gone. */
+void
+zn__msg_workers_free(zn_msg_service_t *svc)
+{
+    unsigned i;
+
     for (i = 0; i < svc->nqueues && svc->queues != NULL; i++) {
         pthread_mutex_destroy(&svc->queues[i].mu);
         pthread_cond_destroy(&svc->queues[i].cv);
