@@ -10,10 +10,11 @@
 include(${PROJECT_SOURCE_DIR}/fuzz/fuzz_pb.cmake)
 
 set(ZNET_FUZZ_DIR ${PROJECT_SOURCE_DIR}/fuzz)
-foreach(target frame dispatch)
+foreach(target frame dispatch buf heap)
   add_executable(replay_${target} ${ZNET_FUZZ_DIR}/fuzz_${target}.c
       ${ZNET_FUZZ_DIR}/replay_main.c)
   target_link_libraries(replay_${target} PRIVATE znet_msg znet_fuzz_pb)
+  target_include_directories(replay_${target} PRIVATE ${PROJECT_SOURCE_DIR}/src)
   target_compile_options(replay_${target} PRIVATE ${ZNET_WARNINGS})
   target_compile_definitions(replay_${target} PRIVATE _GNU_SOURCE)
   add_test(NAME replay_${target} COMMAND replay_${target}

@@ -8,7 +8,7 @@
 #   ZNET_FUZZ_PROTOBUF_C_SOURCE  path of protobuf-c.c from a protobuf-c
 #                                source tree, compiled in instrumented
 #                                (default: the system libprotobuf-c)
-#   FUZZ_TARGETS                 default "frame dispatch"
+#   FUZZ_TARGETS                 default "frame dispatch buf heap"
 #   JOBS                         parallel build jobs (default 2)
 #
 # Prints the executions and the coverage of each target. Fails if a target
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-60}
 dir=build/fuzz
-targets=${FUZZ_TARGETS:-frame dispatch}
+targets=${FUZZ_TARGETS:-frame dispatch buf heap}
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer"
 flags+=" -fno-sanitize-recover=undefined -g"
 
