@@ -133,7 +133,7 @@ zn__buf_move(zn_buf_t *b, size_t cap, size_t at)
         if (p == NULL)
             return ZN_ENOMEM;
         if (len > 0)
-            memcpy(p + at, b->data + b->rpos, len);
+            zn__copy(p + at, b->data + b->rpos, len);
         if (!b->borrowed)
             zn__free(b->data);
     }
@@ -167,7 +167,7 @@ zn__buf_make_room(zn_buf_t *b, size_t n)
         return 0;
     cap = zn__buf_next_cap(b, need);
     if (need <= b->cap && (b->rpos >= len || cap <= b->cap)) {
-        memmove(b->data, b->data + b->rpos, len);
+        zn__copy(b->data, b->data + b->rpos, len);
         b->rpos = 0;
         b->wpos = len;
         return 0;
@@ -205,7 +205,7 @@ zn_buf_append(zn_buf_t *b, const void *p, size_t n)
     rc = zn_buf_reserve(b, n);
     if (rc != 0)
         return rc;
-    memcpy(b->data + b->wpos, p, n);
+    zn__copy(b->data + b->wpos, p, n);
     b->wpos += n;
     return 0;
 }
@@ -264,7 +264,7 @@ zn_buf_read(zn_buf_t *b, void *p, size_t n)
     if (n > len)
         n = len;
     if (n > 0)
-        memcpy(p, zn_buf_peek(b), n);
+        zn__copy(p, zn_buf_peek(b), n);
     zn_buf_consume(b, n);
     return n;
 }

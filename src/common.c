@@ -106,6 +106,28 @@ zn__strdup(const char *s)
 }
 
 
+/* Below glibc's smallest default rep_movsb threshold (2 KiB + 64). */
+#define ZN__COPY_PIECE 2048
+
+void
+zn__copy(void *dst, const void *src, size_t n)
+{
+    size_t dist = ((uintptr_t)dst - (uintptr_t)src) & 4095;
+    char *d = dst;
+    const char *s = src;
+
+    if (n > ZN__COPY_PIECE && dist > 0 && dist < 64) {
+        while (n > ZN__COPY_PIECE) {
+            memmove(d, s, ZN__COPY_PIECE);
+            d += ZN__COPY_PIECE;
+            s += ZN__COPY_PIECE;
+            n -= ZN__COPY_PIECE;
+        }
+    }
+    memmove(d, s, n);
+}
+
+
 void
 zn__close_fd(int fd)
 {

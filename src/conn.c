@@ -797,7 +797,7 @@ zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         return ZN_ENOMEM;
     }
     for (i = 0; i < iovcnt; i++) {
-        memcpy(r->data + off, iov[i].iov_base, iov[i].iov_len);
+        zn__copy(r->data + off, iov[i].iov_base, iov[i].iov_len);
         off += iov[i].iov_len;
     }
     r->c = c;

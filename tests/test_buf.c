@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "internal.h"
 #include "znet/buf.h"
 
 #define TEST_TIMEOUT_S 30
@@ -992,6 +993,52 @@ enomem_borrowed(void **state)
 }
 
 
+/*
+ * zn__copy() splits copies whose destination is 1..63 bytes after the
+ * source modulo 4096 into pieces: every size around the piece length,
+ * every distance that splits and some that do not, disjoint and moving
+ * down inside one area, must give memmove()'s result.
+ */
+static void
+copy_pieces_match_memmove(void **state)
+{
+    static const size_t sizes[] = {1, 2047, 2048, 2049, 4096 + 17, 16384,
+                                   65536 + 5};
+    size_t si, dist, i, n;
+    char *src = aligned_alloc(4096, 3 * 65536);
+    char *dst = aligned_alloc(4096, 3 * 65536);
+    char *ref = malloc(3 * 65536);
+
+    (void)state;
+    assert_non_null(src);
+    assert_non_null(dst);
+    assert_non_null(ref);
+    for (i = 0; i < 3 * 65536; i++)
+        src[i] = pat(i);
+    for (si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+        n = sizes[si];
+        for (dist = 0; dist < 70; dist++) {
+            /* Disjoint: dst sits `dist` bytes after src modulo 4096. */
+            memset(dst, 0, 2 * 65536 + 4096);
+            zn__copy(dst + 4096 + dist, src + 4096, n);
+            assert_memory_equal(dst + 4096 + dist, src + 4096, n);
+            assert_int_equal(dst[4096 + dist - 1], 0);
+            assert_int_equal(dst[4096 + dist + n], 0);
+            /* Moving down by 4096 - dist: the same distance modulo 4096,
+             * overlapping when n is larger than the move. */
+            memcpy(ref, src, 3 * 65536);
+            memcpy(dst, src, 3 * 65536);
+            memmove(ref + dist, ref + 4096, n);
+            zn__copy(dst + dist, dst + 4096, n);
+            assert_memory_equal(dst, ref, 3 * 65536);
+        }
+    }
+    free(src);
+    free(dst);
+    free(ref);
+}
+
+
 int
 main(void)
 {
@@ -1028,6 +1075,7 @@ main(void)
         cmocka_unit_test(write_fd_partial_then_eagain),
         cmocka_unit_test(write_fd_closed_peer_is_epipe_not_sigpipe),
         cmocka_unit_test(borrowed_works_in_place),
+        cmocka_unit_test(copy_pieces_match_memmove),
         cmocka_unit_test(borrowed_grows_into_owned_storage),
         cmocka_unit_test(borrowed_shrink_detaches),
         cmocka_unit_test(find_locates_needle),
