@@ -658,6 +658,14 @@ zn__conn_queue(zn_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip)
 
 
 /*
+ * A send at least this large, made first in a batch, is written at once
+ * rather than copied to wait for the batch: an echo of a 16 KiB read then
+ * costs no copy, and a batch of many replies still costs at most two
+ * writes (docs/performance.md).
+ */
+#define ZN__SEND_DIRECT_MIN 4096
+
+/*
  * Queues and, unless replies are being batched, writes. With an empty
  * queue the bytes go straight to the socket and only what it did not take
  * is copied. A write error closes the connection and is returned.
@@ -675,7 +683,10 @@ zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         return ZN_ESHUTDOWN;
     for (i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (!c->batching && zn__out_len(c) == 0 && total > 0) {
+    if (zn__out_len(c) == 0 && total > 0 &&
+        (!c->batching ||
+         (c->batch_direct && total >= ZN__SEND_DIRECT_MIN))) {
+        c->batch_direct = 0;
         n = zn__conn_sendmsg(c->io.fd, iov, iovcnt);
         if (n < 0 && n != ZN_EAGAIN) {
             zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
@@ -845,6 +856,7 @@ zn__conn_deliver(zn_conn_t *c, zn_buf_t *in)
 {
     c->in_cb++;
     c->batching = 1;
+    c->batch_direct = 1;
     if (c->g->h->on_data != NULL)
         c->g->h->on_data(c, in, c->g->h->ud);
     else

@@ -66,6 +66,7 @@ struct zn_conn_s {
     unsigned abortive : 1;
     unsigned finish_posted : 1;
     unsigned batching : 1;     /* sends wait for the end of on_data */
+    unsigned batch_direct : 1; /* the batch may still write one large send */
     unsigned own_group : 1;    /* g was allocated for this connection */
     unsigned flush_posted : 1; /* a deferred flush is queued on the loop */
     unsigned finish_pending : 1; /* finish once the callbacks return */

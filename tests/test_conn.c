@@ -654,6 +654,87 @@ test_adopted_socketpair_echoes(void **state)
 }
 
 
+/*
+ * Inside on_data, replies wait for the end of the callback, except the
+ * first one when it is large and nothing is queued: that one is written at
+ * once (no copy). Later sends of the batch queue behind, in order.
+ */
+typedef struct {
+    size_t after[3]; /* zn_conn_out_len() after each send */
+    int calls;
+} batch_fx_t;
+
+enum { BATCH_BIG = 8192, BATCH_SMALL = 64 };
+
+static void
+batch_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
+{
+    batch_fx_t *fx = ud;
+    static const size_t sizes[2][3] = {{BATCH_BIG, BATCH_SMALL, BATCH_BIG},
+                                       {BATCH_SMALL, BATCH_BIG, BATCH_BIG}};
+    const size_t *sz = sizes[zn_buf_peek(in)[0] == 's'];
+    char *p = malloc(BATCH_BIG);
+    size_t off = 0;
+    int i;
+
+    for (i = 0; i < 3; i++) {
+        tu_pattern(p, sz[i], 5, off);
+        assert_int_equal(zn_conn_send(c, p, sz[i]), 0);
+        fx->after[i] = zn_conn_out_len(c);
+        off += sz[i];
+    }
+    free(p);
+    fx->calls++;
+    zn_buf_consume(in, zn_buf_len(in));
+}
+
+
+static void
+test_first_large_send_in_on_data_is_written_at_once(void **state)
+{
+    enum { TOTAL = 2 * BATCH_BIG + BATCH_SMALL };
+    batch_fx_t fx = {0};
+    zn_conn_limits_t lim;
+    zn_handler_t h = {0};
+    zn_loop_t *loop;
+    zn_conn_t *c;
+    char *buf = malloc(TOTAL);
+    int sv[2], round;
+
+    (void)state;
+    zn_conn_limits_default(&lim);
+    h.on_data = batch_on_data;
+    h.ud = &fx;
+    assert_int_equal(zn_loop_new(&loop), 0);
+    assert_int_equal(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, &c), 0);
+    for (round = 0; round < 2; round++) {
+        /* 'b': big first, written at once; 's': small first, all queued */
+        assert_int_equal(write(sv[1], round == 0 ? "b" : "s", 1), 1);
+        while (fx.calls == round)
+            zn_loop_run_once(loop, 1000);
+        if (round == 0) {
+            assert_int_equal(fx.after[0], 0);
+            assert_int_equal(fx.after[1], BATCH_SMALL);
+            assert_int_equal(fx.after[2], BATCH_SMALL + BATCH_BIG);
+        } else {
+            assert_int_equal(fx.after[0], BATCH_SMALL);
+            assert_int_equal(fx.after[1], BATCH_SMALL + BATCH_BIG);
+            assert_int_equal(fx.after[2], TOTAL);
+        }
+        assert_int_equal(zn_conn_out_len(c), 0); /* flushed on return */
+        assert_int_equal(tu_read_exact(sv[1], buf, TOTAL), 0);
+        assert_true(tu_pattern_check(buf, TOTAL, 5, 0));
+    }
+    zn_conn_close(c);
+    zn_loop_run_once(loop, 100);
+    close(sv[1]);
+    zn_loop_free(loop);
+    free(buf);
+}
+
+
 int
 main(void)
 {
@@ -673,6 +754,7 @@ main(void)
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_no_sigpipe_when_peer_resets),
         cmocka_unit_test(test_adopted_socketpair_echoes),
+        cmocka_unit_test(test_first_large_send_in_on_data_is_written_at_once),
     };
 
     tu_alarm(120);

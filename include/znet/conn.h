@@ -62,7 +62,8 @@ ZN_EXTERN const char *zn_close_reason_name(zn_close_reason_t r);
  * on_data        bytes arrived; `in` holds everything received and not yet
  *                consumed. Consume what was handled (zn_buf_consume); what
  *                is left stays for the next call. Replies sent during
- *                on_data are batched and written once it returns.
+ *                on_data are batched and written once it returns (see
+ *                zn_conn_send() for the one exception).
  * on_eof         the peer shut down its write side. NULL means: close
  *                gracefully (flush queued output, then close). A handler
  *                with work in flight closes later itself.
@@ -118,7 +119,10 @@ ZN_EXTERN bool zn_conn_is_open(const zn_conn_t *c);
  * Queues `len` bytes to be written. The data is copied; the caller keeps
  * its buffer. On the loop thread, outside on_data, the bytes are written
  * at once if the queue is empty and only what the socket did not take is
- * queued; inside on_data they are written when on_data returns. From
+ * queued; inside on_data they are written when on_data returns, except
+ * the first send of the call when it is 4 KiB or more and nothing is
+ * queued: that one is written at once like outside on_data (a large reply
+ * gains nothing from waiting, and is then never copied). From
  * another thread, the copy is posted to the loop and written there in
  * posting order.
  * Returns 0; ZN_ENOTCONN if the connection is closed or closing (nothing
