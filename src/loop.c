@@ -82,12 +82,14 @@ free_loop:
 
 
 static void zn__loop_run_tasks(zn_loop_t *loop);
+static void zn__loop_run_tail(zn_loop_t *loop);
 
 
 /*
  * Tasks still queued own resources (a connection reference, a copy of
- * data): they run here so that those are released, even though the loop
- * will not run again.
+ * data), and so do requests gathered for a worker pool: they run (or are
+ * handed on) here so that those are released, even though the loop will
+ * not run again.
  */
 void
 zn_loop_free(zn_loop_t *loop)
@@ -95,8 +97,8 @@ zn_loop_free(zn_loop_t *loop)
     if (loop == NULL)
         return;
     atomic_store(&loop->owner, zn__self());
-    while (atomic_load(&loop->npending) > 0)
-        zn__loop_run_tasks(loop);
+    while (atomic_load(&loop->npending) > 0 || loop->handoff.head != NULL)
+        zn__loop_run_tail(loop);
     zn_io_stop(&loop->wake_io);
     if (loop->sigfd >= 0) {
         zn_io_stop(&loop->sig_io);
@@ -179,6 +181,18 @@ zn_loop_stats(const zn_loop_t *loop, zn_loop_stats_t *st)
 }
 
 /* ---- posted tasks ------------------------------------------------------ */
+
+
+/* The end of an iteration: tasks, then what they and the io phase left
+ * for the worker pool. */
+static void
+zn__loop_run_tail(zn_loop_t *loop)
+{
+    if (atomic_load(&loop->npending) > 0)
+        zn__loop_run_tasks(loop);
+    if (loop->handoff.head != NULL)
+        loop->handoff.flush(loop);
+}
 
 
 static int
@@ -558,10 +572,8 @@ zn_loop_run_once(zn_loop_t *loop, int timeout_ms)
     loop->now = zn_now_ms();
     if (n > 0)
         ran += zn__loop_dispatch(loop, evs, n);
-    if (atomic_load(&loop->npending) > 0) {
-        ran += (int)atomic_load(&loop->npending);
-        zn__loop_run_tasks(loop);
-    }
+    ran += (int)atomic_load(&loop->npending);
+    zn__loop_run_tail(loop);
     return ran;
 }
 
@@ -580,8 +592,7 @@ zn_loop_run(zn_loop_t *loop)
             break;
         rc = 0;
     }
-    if (atomic_load(&loop->npending) > 0)
-        zn__loop_run_tasks(loop);
+    zn__loop_run_tail(loop);
     atomic_store(&loop->stop, 0);
     atomic_store(&loop->running_flag, 0);
     return rc;

@@ -29,6 +29,17 @@ typedef struct {
     size_t cap;
 } zn__taskvec_t;
 
+/*
+ * Requests that the message layer gathers during an iteration for its
+ * worker pool, handed on in one go (one lock, one wake-up) once the
+ * iteration's io and tasks have run. Opaque to the loop, which only calls
+ * `flush` while `head` is set. Loop thread only.
+ */
+typedef struct {
+    void *head, *tail;
+    void (*flush)(zn_loop_t *loop);
+} zn__loop_handoff_t;
+
 struct zn_loop_s {
     int epfd;
     int wakefd;                 /* eventfd */
@@ -59,6 +70,7 @@ struct zn_loop_s {
     zn_signal_cb sig_cb;
     void *sig_ud;
 
+    zn__loop_handoff_t handoff;
     zn__conn_stats_t conn_stats; /* for adopted connections */
     char *scratch;              /* ZN__SCRATCH_SIZE bytes for reads */
     char name[32];

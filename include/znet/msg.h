@@ -106,6 +106,9 @@ typedef struct {
     uint64_t overloaded;       /* requests refused: worker queue full */
     uint64_t queued;           /* requests waiting for a worker now */
     uint64_t in_flight;        /* requests being handled now */
+    uint64_t handoffs;         /* chains of requests given to the worker
+                                  pool, each with one lock and wake-up:
+                                  requests / handoffs is the batch size */
 } zn_msg_stats_t;
 
 /*

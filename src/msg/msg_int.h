@@ -80,7 +80,7 @@ struct zn_msg_service_s {
         _Atomic uint64_t requests, replies, errors_sent[6], oneway;
         _Atomic uint64_t bad_frames, too_large, deadline_closes;
         _Atomic uint64_t responses_dropped, late_replies, overloaded;
-        _Atomic uint64_t queued, in_flight;
+        _Atomic uint64_t queued, in_flight, handoffs;
     } st;
 };
 
@@ -116,6 +116,8 @@ void zn__msg_workers_stop(zn_msg_service_t *svc);
 void zn__msg_workers_free(zn_msg_service_t *svc);
 zn_msg_req_t *zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head,
                               int *why);
+/* Which worker queue a connection's requests go to (0 unless ordered). */
+unsigned zn__msg_queue_index(const zn_msg_service_t *svc, const zn_conn_t *c);
 
 #define ZN__MSG_STAT_ADD(svc, field, n)                                       \
     atomic_fetch_add_explicit(&(svc)->st.field, (n), memory_order_relaxed)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "conn_int.h"
+#include "loop_int.h"
 #include "msg_int.h"
 #include "znet/log.h"
 #include "znet/znet.pb-c.h"
@@ -536,8 +537,7 @@ zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
 
 
 typedef struct {
-    zn_msg_req_t *head;
-    zn_msg_req_t **tail;
+    zn_msg_req_t *head, *last;
 } zn__msg_batch_t;
 
 
@@ -582,22 +582,23 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
         return;
     }
     req->next = NULL; /* queued with the others of this read */
-    *batch->tail = req;
-    batch->tail = &req->next;
+    if (batch->head == NULL)
+        batch->head = req;
+    else
+        batch->last->next = req;
+    batch->last = req;
 }
 
 
-/* Hands the requests of one read to the workers at once; those that do
- * not fit are answered here. */
+/* Hands a chain of requests for one queue to the workers at once; those
+ * that do not fit are answered here. */
 static void
-zn__msg_dispatch_batch(zn_msg_service_t *svc, zn__msg_batch_t *batch)
+zn__msg_dispatch_chain(zn_msg_service_t *svc, zn_msg_req_t *chain)
 {
     zn_msg_req_t *left, *next;
     int why;
 
-    if (batch->head == NULL)
-        return;
-    left = zn__msg_enqueue(svc, batch->head, &why);
+    left = zn__msg_enqueue(svc, chain, &why);
     for (; left != NULL; left = next) {
         next = left->next;
         if (why == ZN_ENOBUFS)
@@ -610,6 +611,61 @@ zn__msg_dispatch_batch(zn_msg_service_t *svc, zn__msg_batch_t *batch)
                                       "overloaded");
         zn__msg_req_unref(left);
     }
+}
+
+
+/*
+ * The end of a loop iteration: every request read during it goes to the
+ * worker queues together, one lock and one wake-up per queue, instead of
+ * one per connection read. Requests are split by service and queue, each
+ * part keeping its order (ordered mode: a connection's requests stay in
+ * order on their worker's queue).
+ */
+static void
+zn__msg_handoff_flush(zn_loop_t *loop)
+{
+    zn_msg_req_t *all = loop->handoff.head, *part, **tail, **pp, *r;
+    zn_msg_service_t *svc;
+    unsigned q;
+
+    loop->handoff.head = NULL;
+    loop->handoff.tail = NULL;
+    while (all != NULL) {
+        svc = all->svc;
+        q = zn__msg_queue_index(svc, all->conn);
+        part = NULL;
+        tail = &part;
+        for (pp = &all; *pp != NULL;) {
+            r = *pp;
+            if (r->svc != svc || zn__msg_queue_index(svc, r->conn) != q) {
+                pp = &r->next;
+                continue;
+            }
+            *pp = r->next;
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
+        }
+        zn__msg_dispatch_chain(svc, part);
+    }
+}
+
+
+/* The requests of one read join the loop's hand-off (see above). */
+static void
+zn__msg_handoff_add(zn_conn_t *c, zn__msg_batch_t *batch)
+{
+    zn__loop_handoff_t *h = &zn_conn_loop(c)->handoff;
+
+    if (batch->head == NULL)
+        return;
+    if (h->head == NULL) {
+        h->head = batch->head;
+        h->flush = zn__msg_handoff_flush;
+    } else {
+        ((zn_msg_req_t *)h->tail)->next = batch->head;
+    }
+    h->tail = batch->last;
 }
 
 
@@ -641,7 +697,7 @@ zn__msg_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
 {
     zn_msg_service_t *svc = ud;
     zn__msg_conn_t *mc = zn_conn_get_data(c);
-    zn__msg_batch_t batch = {NULL, &batch.head};
+    zn__msg_batch_t batch = {NULL, NULL};
     zn_frame_reason_t reason;
     unsigned frames = 0;
     zn_frame_t f;
@@ -660,7 +716,7 @@ zn__msg_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
         zn_buf_consume(in, f.size);
         frames++;
     }
-    zn__msg_dispatch_batch(svc, &batch);
+    zn__msg_handoff_add(c, &batch);
     if (!zn_conn_is_open(c)) {
         zn_buf_consume(in, zn_buf_len(in));
         return;
@@ -847,4 +903,5 @@ zn_msg_service_stats(const zn_msg_service_t *svc, zn_msg_stats_t *st)
     st->overloaded = atomic_load(&s->st.overloaded);
     st->queued = atomic_load(&s->st.queued);
     st->in_flight = atomic_load(&s->st.in_flight);
+    st->handoffs = atomic_load(&s->st.handoffs);
 }

@@ -91,19 +91,24 @@ zn__worker_main(void *arg)
 }
 
 
+unsigned
+zn__msg_queue_index(const zn_msg_service_t *svc, const zn_conn_t *c)
+{
+    return svc->o.ordered ? (unsigned)(zn_conn_id(c) % svc->nqueues) : 0;
+}
+
+
 /*
- * Queues a chain of requests (those of one read, all of one connection)
- * under one lock with one wake-up. Returns what did not fit, as a chain,
- * with *why set to ZN_ENOBUFS (full) or ZN_ESHUTDOWN (stopping); NULL if
- * everything was queued.
+ * Queues a chain of requests that all go to one queue (see
+ * zn__msg_queue_index) under one lock with one wake-up. Returns what did
+ * not fit, as a chain, with *why set to ZN_ENOBUFS (full) or ZN_ESHUTDOWN
+ * (stopping); NULL if everything was queued.
  */
 zn_msg_req_t *
 zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head, int *why)
 {
-    unsigned i = svc->o.ordered
-                     ? (unsigned)(zn_conn_id(head->conn) % svc->nqueues)
-                     : 0, n = 0;
-    zn__msg_queue_t *q = &svc->queues[i];
+    unsigned n = 0;
+    zn__msg_queue_t *q = &svc->queues[zn__msg_queue_index(svc, head->conn)];
     zn_msg_req_t *req;
 
     /* Checked under the lock that workers exit under: once they have
@@ -124,6 +129,7 @@ zn__msg_enqueue(zn_msg_service_t *svc, zn_msg_req_t *head, int *why)
     }
     if (n > 0) {
         atomic_fetch_add(&svc->st.queued, n);
+        atomic_fetch_add(&svc->st.handoffs, 1);
         if (n > 1)
             pthread_cond_broadcast(&q->cv);
         else

@@ -948,6 +948,73 @@ test_library_threads_block_signals(void **state)
 }
 
 
+/* A task that holds the loop until the test lets it go. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int held, released;
+} hold_t;
+
+
+static void
+hold_task(void *ud)
+{
+    hold_t *h = ud;
+
+    pthread_mutex_lock(&h->mu);
+    h->held = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->released)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+
+/*
+ * The requests that one loop iteration reads, from every connection, go
+ * to the worker pool as one chain (one lock, one wake-up), not one per
+ * connection: the loop is held while 8 clients each send a request, so
+ * that its next iteration reads all eight.
+ */
+static void
+test_one_iteration_hands_its_requests_over_at_once(void **state)
+{
+    enum { K = 8 };
+    Demo__TestReq req = DEMO__TEST_REQ__INIT;
+    hold_t h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    zn_msg_stats_t st0, st1;
+    int fds[K], i;
+    fx_t fx;
+
+    fx_start(&fx, *state, NULL);
+    for (i = 0; i < K; i++) {
+        fds[i] = tu_connect(fx.ts.port);
+        call_test(fds[i], (uint32_t)i + 1); /* accepted and warm */
+    }
+    st0 = fx_stats(&fx);
+    assert_int_equal(zn_loop_post(fx.ts.loop, hold_task, &h), 0);
+    pthread_mutex_lock(&h.mu);
+    while (!h.held)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    req.msg = "hi";
+    for (i = 0; i < K; i++)
+        send_msg(fds[i], CMD_TEST, 100 + (uint32_t)i, 0, &req.base);
+    pthread_mutex_lock(&h.mu);
+    h.released = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    for (i = 0; i < K; i++)
+        expect_test_rsp(fds[i], 100 + (uint32_t)i);
+    st1 = fx_stats(&fx);
+    assert_int_equal(st1.requests - st0.requests, K);
+    assert_int_equal(st1.handoffs - st0.handoffs, 1);
+    for (i = 0; i < K; i++)
+        close(fds[i]);
+    fx_stop(&fx);
+}
+
+
 #define PER_MODEL(fn)                                                         \
     cmocka_unit_test_prestate(fn, &models[0]),                               \
         cmocka_unit_test_prestate(fn, &models[1]),                           \
@@ -978,6 +1045,8 @@ main(void)
             test_full_worker_queue_answers_overloaded_then_recovers,
             &models[3]),
         PER_MODEL(test_late_reply_never_reaches_a_new_conn_on_the_same_fd),
+        cmocka_unit_test_prestate(
+            test_one_iteration_hands_its_requests_over_at_once, &models[1]),
         cmocka_unit_test(test_over_max_conns_gets_overloaded_frame),
         cmocka_unit_test_prestate(test_library_threads_block_signals,
                                   &models[3]),
