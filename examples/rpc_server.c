@@ -10,7 +10,7 @@
  * Limits (defaults: DESIGN.md's), for tests and tuning:
  *
  *   --max-body BYTES  --frame-deadline-ms MS  --idle-ms MS  --queue-max N
- *   --out-high BYTES  --out-low BYTES  --out-hard BYTES
+ *   --out-high BYTES  --out-low BYTES  --out-hard BYTES  --in-budget BYTES
  *
  * Test hooks (tests/hostile uses them; see docs/hostile.md):
  *
@@ -303,6 +303,7 @@ json_server(char *buf, size_t cap, size_t *off, const zn_server_t *srv)
     json_add(buf, cap, off, "high_water_events",
              (int64_t)st.high_water_events);
     json_add(buf, cap, off, "tasks_queued", (int64_t)st.tasks_queued);
+    json_add(buf, cap, off, "in_held", (int64_t)st.in_held);
     for (i = 0; i < ZN_CLOSE_REASON_MAX; i++) {
         snprintf(key, sizeof(key), "close_%s", zn_close_reason_name(i));
         json_add(buf, cap, off, key, (int64_t)st.closes[i]);
@@ -424,6 +425,7 @@ usage(const char *prog)
             "[--idle-ms MS]\n"
             "          [--queue-max N] [--out-high B] [--out-low B] "
             "[--out-hard B]\n"
+            "          [--in-budget B]\n"
             "          [--port-file F] [--stats-fd FD] [--max-fds N] "
             "[--test-commands]\n",
             prog);
@@ -451,6 +453,7 @@ options(app_t *app, opt_t *t)
         {"--out-high", OPT_SIZE, &app->so.limits.out_high},
         {"--out-low", OPT_SIZE, &app->so.limits.out_low},
         {"--out-hard", OPT_SIZE, &app->so.limits.out_hard},
+        {"--in-budget", OPT_SIZE, &app->so.in_budget},
         {"--port-file", OPT_STR, &app->port_file},
         {"--stats-fd", OPT_FD, &app->stats_fd},
         {"--max-fds", OPT_UINT, &app->max_fds},

@@ -80,7 +80,7 @@ zn_client_new(zn_loop_t *loop, const zn_client_opts_t *opts,
     cl->state = ZN__CL_IDLE;
     cl->rng = zn_now_ns() ^ (uint64_t)(uintptr_t)cl;
     cl->grp = (zn__conn_group_t){&cl->o.handler, &cl->o.limits, &cl->stats,
-                                 zn__client_conn_closed, cl};
+                                 zn__client_conn_closed, cl, NULL, 0};
     cl->grp_remote = cl->grp;
     cl->grp_remote.closed_fn = zn__client_remote_closed;
     zn_timer_init(loop, &cl->timer, NULL, cl);

@@ -24,7 +24,8 @@ static _Atomic uint64_t zn__next_conn_id = 1;
 
 static const char *const zn__close_names[ZN_CLOSE_REASON_MAX] = {
     "local",   "peer",      "error",    "output_cap", "idle",    "deadline",
-    "protocol", "input_cap", "max_conns", "shutdown", "connect", "nomem"};
+    "protocol", "input_cap", "max_conns", "shutdown", "connect", "nomem",
+    "input_budget"};
 
 static void zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud);
 static void zn__conn_timer_cb(zn_timer_t *t, void *ud);
@@ -33,6 +34,15 @@ static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
 static void zn__conn_flush(zn_conn_t *c);
 static void zn__conn_arm(zn_conn_t *c);
 static void zn__conn_finish_if_pending(zn_conn_t *c);
+
+
+/* The input storage a connection holds (capacity, not length: what the
+ * budget protects is memory). */
+static size_t
+zn__in_cap(const zn_conn_t *c)
+{
+    return c->in != NULL && !c->in->borrowed ? c->in->cap : 0;
+}
 
 
 static inline size_t
@@ -369,6 +379,8 @@ zn__conn_finish(zn_conn_t *c)
         c->io.fd = -1;
         zn__close_fd(fd);
     }
+    if (c->g->in_held != NULL && zn__in_cap(c) > 0)
+        atomic_fetch_sub(c->g->in_held, zn__in_cap(c));
     zn__buf_drop(&c->in);
     zn__buf_drop(&c->out);
     zn__counter_add(&c->g->stats->closes[c->reason], 1);
@@ -935,11 +947,38 @@ zn__conn_eof(zn_conn_t *c)
 }
 
 
+/*
+ * Moves the server's total of input storage by what this connection's
+ * storage did since `before`. Growth that takes the total past the budget
+ * closes the connection (its storage is given back when it finishes).
+ */
+static void
+zn__conn_account_input(zn_conn_t *c, size_t before)
+{
+    size_t after = zn__in_cap(c), total, budget = c->g->in_budget;
+
+    if (c->g->in_held == NULL || after == before)
+        return;
+    if (after < before) {
+        atomic_fetch_sub(c->g->in_held, before - after);
+        return;
+    }
+    total = atomic_fetch_add(c->g->in_held, after - before) + (after - before);
+    if (budget > 0 && total > budget &&
+        atomic_load(&c->state) == ZN__OPEN) {
+        ZN_LOG_RL(ZN_LOG_WARN, 10, "%s: unread input of all connections "
+                  "over %zu bytes, closing this one", zn_conn_peer(c),
+                  budget);
+        zn__conn_close_loop(c, ZN_CLOSE_INPUT_BUDGET, true);
+    }
+}
+
+
 static void
 zn__conn_read(zn_conn_t *c)
 {
     char *scratch = zn__loop_scratch(c->io.loop);
-    size_t in_max = c->g->limits->in_max;
+    size_t in_max = c->g->limits->in_max, before = zn__in_cap(c);
     ssize_t n;
 
     if (scratch == NULL) {
@@ -965,6 +1004,7 @@ zn__conn_read(zn_conn_t *c)
                   "closing", zn_conn_peer(c), in_max);
         zn__conn_close_loop(c, ZN_CLOSE_INPUT_CAP, true);
     }
+    zn__conn_account_input(c, before);
 }
 
 

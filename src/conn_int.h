@@ -34,6 +34,9 @@ typedef struct zn__conn_group_s {
     zn__conn_stats_t *stats;
     zn__conn_closed_fn closed_fn;   /* may be NULL */
     void *owner;
+    _Atomic size_t *in_held;        /* input storage held by the whole
+                                       server; NULL: not counted */
+    size_t in_budget;               /* bound of *in_held; 0: none */
 } zn__conn_group_t;
 
 /* Allocated only when a connection needs a time-out (idle time-out,

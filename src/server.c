@@ -63,6 +63,7 @@ struct zn_server_s {
     pthread_mutex_t mu;      /* guards map */
     zn__idmap_t map;
     _Atomic unsigned live;
+    _Atomic size_t in_held;  /* every connection's input storage */
 };
 
 static void zn__listener_cb(zn_io_t *io, unsigned events, void *ud);
@@ -82,6 +83,8 @@ zn__ioctx_init(zn_server_t *s, zn__ioctx_t *ctx, zn_loop_t *loop)
     ctx->grp.stats = &ctx->stats;
     ctx->grp.closed_fn = zn__server_conn_closed;
     ctx->grp.owner = ctx;
+    ctx->grp.in_held = &s->in_held;
+    ctx->grp.in_budget = s->o.in_budget;
 }
 
 
@@ -90,6 +93,7 @@ zn_server_opts_default(zn_server_opts_t *o)
 {
     memset(o, 0, sizeof(*o));
     zn_conn_limits_default(&o->limits);
+    o->in_budget = (size_t)1 << 30;
 }
 
 
@@ -596,6 +600,7 @@ zn_server_stats(const zn_server_t *s, zn_server_stats_t *st)
     zn__stats_add(st, &s->main_ctx);
     for (i = 0; i < s->nio; i++)
         zn__stats_add(st, &s->io[i]);
+    st->in_held = atomic_load(&s->in_held);
 }
 
 /* ---- stop -------------------------------------------------------------- */

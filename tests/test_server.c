@@ -215,6 +215,99 @@ test_max_conns_refuses_extra_and_counts(void **state)
 }
 
 
+/* Echoes whole lines; a partial line stays in the input buffer. */
+static void
+line_on_data(zn_conn_t *c, zn_buf_t *in, void *ud)
+{
+    ssize_t nl = zn_buf_find(in, "\n", 1);
+
+    (void)ud;
+    if (nl >= 0 && zn_conn_send(c, zn_buf_peek(in), (size_t)nl + 1) == 0)
+        zn_buf_consume(in, (size_t)nl + 1);
+}
+
+
+static uint64_t
+in_held(tu_server_t *ts)
+{
+    return tu_server_stats(ts).in_held;
+}
+
+
+/* Waits until the server holds `want` bytes of unread input. */
+static void
+wait_in_held(tu_server_t *ts, uint64_t want)
+{
+    uint64_t deadline = zn_now_ms() + 5000;
+
+    while (in_held(ts) != want && zn_now_ms() < deadline)
+        usleep(1000);
+    assert_int_equal(in_held(ts), want);
+}
+
+
+/*
+ * Many peers each holding a partial message below its own bound must not
+ * add up past the server's budget: the read that would take the total
+ * over it closes that peer (counted), the others keep their input, and
+ * the budget is given back as input is consumed or connections close.
+ * Each partial line is 1,000 bytes, read at once: its storage is exactly
+ * 1,000 bytes.
+ */
+static void
+budget_run(unsigned io_threads)
+{
+    enum { PART = 1000 };
+    zn_server_opts_t o;
+    tu_server_t ts;
+    char part[PART], buf[PART + 1];
+    int a, b, c, d, err;
+
+    memset(part, 'x', sizeof(part));
+    zn_server_opts_default(&o);
+    o.handler.on_data = line_on_data;
+    o.io_threads = io_threads;
+    o.in_budget = 2500;
+    tu_server_start(&ts, &o);
+    a = tu_connect(ts.port);
+    b = tu_connect(ts.port);
+    tu_write_all(a, part, PART);
+    wait_in_held(&ts, PART);
+    tu_write_all(b, part, PART);
+    wait_in_held(&ts, 2 * PART);
+    c = tu_connect(ts.port); /* would make 3,000: closed */
+    tu_write_all(c, part, PART);
+    assert_true(tu_read_to_eof(c, 1, &err) <= 0);
+    wait_in_held(&ts, 2 * PART);
+    assert_int_equal(tu_server_stats(&ts).closes[ZN_CLOSE_INPUT_BUDGET], 1);
+    tu_write_all(a, "\n", 1); /* a's line completes: its storage goes */
+    assert_int_equal(tu_read_exact(a, buf, PART + 1), 0);
+    assert_memory_equal(buf, part, PART);
+    wait_in_held(&ts, PART);
+    d = tu_connect(ts.port); /* room again */
+    tu_write_all(d, part, PART);
+    wait_in_held(&ts, 2 * PART);
+    tu_write_all(d, "\n", 1);
+    assert_int_equal(tu_read_exact(d, buf, PART + 1), 0);
+    close(b); /* closing gives the rest back */
+    wait_in_held(&ts, 0);
+    assert_int_equal(tu_server_stats(&ts).closes[ZN_CLOSE_INPUT_BUDGET], 1);
+    close(a);
+    close(c);
+    close(d);
+    tu_server_stop(&ts);
+}
+
+
+static void
+test_input_budget_closes_the_peer_that_passes_it(void **state)
+{
+    (void)state;
+    budget_run(0);
+    budget_run(2); /* connections of two loops share one budget */
+}
+
+
 /*
  * The server runs in a child process whose descriptor limit is lowered,
  * so that accept() fails with EMFILE while the parent's clients connect.
@@ -613,6 +706,7 @@ main(void)
         cmocka_unit_test(test_500_clients_echo_1mib_single_loop),
         cmocka_unit_test(test_500_clients_echo_1mib_two_io_loops),
         cmocka_unit_test(test_max_conns_refuses_extra_and_counts),
+        cmocka_unit_test(test_input_budget_closes_the_peer_that_passes_it),
         cmocka_unit_test(test_emfile_pauses_without_spinning_and_recovers),
         cmocka_unit_test(
             test_slow_reader_pauses_then_hits_hard_cap_others_served),

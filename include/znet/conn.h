@@ -47,6 +47,8 @@ typedef enum {
     ZN_CLOSE_SHUTDOWN,      /* server or client stopped */
     ZN_CLOSE_CONNECT,       /* a client's connect failed or timed out */
     ZN_CLOSE_NOMEM,         /* an allocation failed */
+    ZN_CLOSE_INPUT_BUDGET,  /* the server's unread input passed its budget
+                               (zn_server_opts_t.in_budget) */
     ZN_CLOSE_REASON_MAX
 } zn_close_reason_t;
 

@@ -52,6 +52,13 @@ typedef struct {
     unsigned accepts_per_wakeup; /* 0: 64 */
     uint64_t emfile_backoff_ms;  /* first pause after EMFILE; 0: 100 */
     zn_conn_limits_t limits;     /* for each connection; see conn.h */
+    /* Bytes of unread input (partial messages) that all the server's
+     * connections may hold together. A read that takes the total past it
+     * closes the connection that made it (ZN_CLOSE_INPUT_BUDGET), so that
+     * many peers each holding a partial message below its own bound
+     * (limits.in_max) cannot add up to exhaust memory. 0: no bound;
+     * default 1 GiB. */
+    size_t in_budget;
     /* Bytes written (best effort, never blocking) to a connection refused
      * over max_conns before it is closed, such as a protocol's
      * "overloaded" error. Copied by zn_server_new(). */
@@ -75,6 +82,8 @@ typedef struct {
     uint64_t closes[ZN_CLOSE_REASON_MAX]; /* by zn_close_reason_t */
     uint64_t high_water_events; /* times reading paused at the mark */
     uint64_t tasks_queued;      /* posted tasks waiting, over all loops */
+    uint64_t in_held;           /* bytes of unread input held now, all
+                                   connections (see in_budget) */
 } zn_server_stats_t;
 
 /*

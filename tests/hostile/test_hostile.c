@@ -13,7 +13,8 @@
  *     what they were at the start (the canary's connection included);
  *   - the counters named by the case moved by the expected amount;
  *   - its RSS and peak RSS (VmHWM) stayed under the case's bound;
- *   - the canary was served throughout (no failure; p99 printed);
+ *   - the canary was served throughout: no failure, and no call slower
+ *     than HS_CANARY_MAX_MS (p50, p99 and max printed);
  *   - SIGTERM makes it exit 0 (so LeakSanitizer found nothing);
  *   - its log has no sanitizer report and no ERROR line, at most the
  *     case's number of lines, and the WARN line the case expects.
@@ -34,6 +35,13 @@
 
 #include "testutil.h"
 #include "zpeer.h"
+
+/* The slowest a canary call may be in any case. The slowest legitimate
+ * wait in the suite is a canary call queued behind two 200 ms handlers on
+ * the 2 workers (reset_while_handled: about 400 ms); a server stalled by
+ * an attack (a loop blocked until a 1 s or 2 s deadline fires, or for
+ * good) takes longer. Multiplied by g_slow under sanitizers. */
+#define HS_CANARY_MAX_MS 1000u
 
 #define KIB 1024u
 #define MIB (1024u * 1024u)
@@ -285,6 +293,9 @@ hs_check_canary(hs_t *h)
     if (cr.failures > 0)
         fail_msg("%s: canary: %llu failures, first: %s", h->name,
                  (unsigned long long)cr.failures, cr.first_error);
+    if (cr.max_us > (uint64_t)hs_ms(HS_CANARY_MAX_MS) * 1000)
+        fail_msg("%s: canary: a call took %llu us (bound %u ms)", h->name,
+                 (unsigned long long)cr.max_us, hs_ms(HS_CANARY_MAX_MS));
 }
 
 
@@ -309,6 +320,7 @@ hs_end(hs_t *h, const hs_expect_t *ex)
     assert_true(zp_stat(last, "seq") > 0);
     assert_int_equal(zp_stat(last, "in_flight"), 0);
     assert_int_equal(zp_stat(last, "queued"), 0);
+    assert_int_equal(zp_stat(last, "in_held"), 0);
     hs_check_log(h, ex);
 }
 
@@ -1224,6 +1236,51 @@ test_many_partial_frames(void **state)
     hs_end(h, &ex);
 }
 
+/*
+ * The same attack against a small server-wide input budget (256 KiB):
+ * each connection holds 4,012 bytes (a header and 4,000 bytes of a 60,000
+ * byte body), so 65 fit; every later one is closed as soon as its bytes
+ * arrive (close_input_budget), long before the frame deadline (20 s), and
+ * the 65 stay open. The canary's frames are complete, so it holds
+ * nothing and is served throughout.
+ */
+static void
+test_partial_frames_past_the_input_budget(void **state)
+{
+    enum { BODY = 4000, BUDGET = 262144 };
+    static const char *const flags[] = {"--in-budget", "262144",
+                                        "--frame-deadline-ms", "20000",
+                                        NULL};
+    size_t n = hs_conn_budget(1000), fit = BUDGET / (ZP_HDR_SIZE + BODY);
+    size_t i, closed;
+    hs_expect_t ex = {.c = {{"close_input_budget", 0, 0},
+                            {"deadline_closes", 0, 0}},
+                      .max_log_lines = 40, .log_has = "unread input"};
+    static uint8_t part[ZP_HDR_SIZE + BODY];
+    zp_hdr_t hd = {ZP_MAGIC, 1, 0, 60000, 2, 1};
+    int *fds = calloc(n, sizeof(int));
+    uint64_t *when = calloc(n, 8);
+    hs_t *h = &g_case;
+
+    (void)state;
+    assert_true(fds != NULL && when != NULL && n > fit);
+    zp_hdr_put(part, &hd);
+    hs_begin(h, "partial_frames_past_input_budget", flags);
+    for (i = 0; i < n; i++) {
+        fds[i] = hs_connect(h);
+        hs_send(fds[i], part, sizeof(part));
+    }
+    closed = hs_wait_all_closed(fds, when, n, hs_ms(3000));
+    assert_int_equal(closed, n - fit);
+    for (i = 0; i < n; i++)
+        zp_rst(fds[i]);
+    free(fds);
+    free(when);
+    ex.c[0].min = ex.c[0].max = (int64_t)(n - fit);
+    hs_end(h, &ex);
+}
+
+
 /* ---- C. slow and idle peers ---------------------------------------------- */
 
 
@@ -2110,6 +2167,7 @@ static const struct CMUnitTest hs_cases[] = {
     HS_CASE(test_alloc_bomb_kids),
     HS_CASE(test_alloc_bomb_fields),
     HS_CASE(test_many_partial_frames),
+    HS_CASE(test_partial_frames_past_the_input_budget),
     HS_CASE(test_partial_frame_deadline),
     HS_CASE(test_slowloris),
     HS_CASE(test_idle_timeout),
