@@ -246,6 +246,19 @@ wait_in_held(tu_server_t *ts, uint64_t want)
 }
 
 
+/* Waits until `n` connections were closed over the input budget. */
+static void
+wait_budget_closes(tu_server_t *ts, uint64_t n)
+{
+    uint64_t deadline = zn_now_ms() + 5000;
+
+    while (tu_server_stats(ts).closes[ZN_CLOSE_INPUT_BUDGET] != n &&
+           zn_now_ms() < deadline)
+        usleep(1000);
+    assert_int_equal(tu_server_stats(ts).closes[ZN_CLOSE_INPUT_BUDGET], n);
+}
+
+
 /*
  * Many peers each holding a partial message below its own bound must not
  * add up past the server's budget: the read that would take the total
@@ -279,7 +292,7 @@ budget_run(unsigned io_threads)
     tu_write_all(c, part, PART);
     assert_true(tu_read_to_eof(c, 1, &err) <= 0);
     wait_in_held(&ts, 2 * PART);
-    assert_int_equal(tu_server_stats(&ts).closes[ZN_CLOSE_INPUT_BUDGET], 1);
+    wait_budget_closes(&ts, 1);
     tu_write_all(a, "\n", 1); /* a's line completes: its storage goes */
     assert_int_equal(tu_read_exact(a, buf, PART + 1), 0);
     assert_memory_equal(buf, part, PART);
@@ -291,7 +304,7 @@ budget_run(unsigned io_threads)
     assert_int_equal(tu_read_exact(d, buf, PART + 1), 0);
     close(b); /* closing gives the rest back */
     wait_in_held(&ts, 0);
-    assert_int_equal(tu_server_stats(&ts).closes[ZN_CLOSE_INPUT_BUDGET], 1);
+    wait_budget_closes(&ts, 1);
     close(a);
     close(c);
     close(d);
