@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
+pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev llvm
       libprotobuf-c-dev protobuf-c-compiler libcmocka-dev
       protobuf-compiler python3 python3-protobuf
       libevent-dev libuv1-dev valgrind gnuplot-nox)

@@ -2,7 +2,7 @@
 # Builds znet and runs every test: the whole suite in a normal build (with
 # -Werror, gcc), a clang build for warnings, the whole suite again under
 # ASan+UBSan, each libFuzzer target for a bounded time (FUZZ_SECONDS,
-# default 30) over the committed corpus, a subset under valgrind memcheck,
+# default 30) over the committed corpus and the source coverage it reached, a subset under valgrind memcheck,
 # a soak of SOAK_SECONDS (default 120), and the threaded tests under TSan.
 #
 #   scripts/test.sh            all of it
@@ -36,6 +36,9 @@ build build/asan -DCMAKE_BUILD_TYPE=Debug -DZNET_ASAN=ON
 
 echo "== libFuzzer (${FUZZ_SECONDS:-30} s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+echo "== fuzz coverage (source lines and regions per target)"
+scripts/fuzz-coverage.sh
 
 echo "== valgrind memcheck (a subset, with --track-fds)"
 scripts/valgrind.sh build/normal

@@ -640,8 +640,10 @@ zn__conn_sendmsg(int fd, const struct iovec *iov, int iovcnt)
     memset(&m, 0, sizeof(m));
     m.msg_iov = (struct iovec *)iov;
     m.msg_iovlen = (size_t)iovcnt;
-    do
-        n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    do /* send() for one piece: the kernel then copies no msghdr/iovec */
+        n = iovcnt == 1 ? send(fd, iov->iov_base, iov->iov_len,
+                               MSG_NOSIGNAL | MSG_DONTWAIT)
+                        : sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return errno == EWOULDBLOCK ? ZN_EAGAIN : -errno;
