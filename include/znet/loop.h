@@ -81,7 +81,9 @@ ZN_EXTERN void zn_loop_free(zn_loop_t *loop);
 /*
  * Runs the loop on the calling thread until zn_loop_stop(). Each iteration:
  * update the clock, run due timers, wait for events (no longer than the
- * next timer), run io callbacks, run posted tasks. Returns 0 after a stop,
+ * next timer), run io callbacks, run posted tasks, then hand the requests
+ * decoded for a message service's workers to them in one go (see
+ * docs/threading.md). Returns 0 after a stop,
  * ZN_EBUSY if the loop is already running, or the error of epoll_wait.
  * A stop requested before zn_loop_run() makes it return at once (after
  * running the tasks already posted).
