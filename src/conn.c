@@ -876,6 +876,7 @@ zn__conn_deliver(zn_conn_t *c, zn_buf_t *in)
     else
         zn_buf_consume(in, zn_buf_len(in));
     c->batching = 0;
+    c->batch_direct = 0;
     c->in_cb--;
 }
 
