@@ -80,6 +80,41 @@ zn__buf_drop(zn_buf_t **b)
 }
 
 
+/*
+ * Output buffers come from, and go back to, one spare that the loop keeps:
+ * a request answered and written at once then costs no allocation for its
+ * reply, and an idle connection still holds no buffer. Storage larger than
+ * this is freed rather than kept. Loop thread only.
+ */
+#define ZN__SPARE_OUT_MAX 4096
+
+static zn_buf_t *
+zn__out_get(zn_conn_t *c)
+{
+    if (c->out == NULL && c->io.loop->spare_out != NULL) {
+        c->out = c->io.loop->spare_out;
+        c->io.loop->spare_out = NULL;
+    }
+    return zn__buf_get(&c->out);
+}
+
+
+static void
+zn__out_drop(zn_conn_t *c)
+{
+    zn_buf_t *b = c->out;
+
+    if (b != NULL && c->io.loop->spare_out == NULL && !b->borrowed &&
+        b->cap <= ZN__SPARE_OUT_MAX) {
+        zn_buf_reset(b);
+        c->io.loop->spare_out = b;
+        c->out = NULL;
+        return;
+    }
+    zn__buf_drop(&c->out);
+}
+
+
 const char *
 zn_close_reason_name(zn_close_reason_t r)
 {
@@ -382,7 +417,7 @@ zn__conn_finish(zn_conn_t *c)
     if (c->g->in_held != NULL && zn__in_cap(c) > 0)
         atomic_fetch_sub(c->g->in_held, zn__in_cap(c));
     zn__buf_drop(&c->in);
-    zn__buf_drop(&c->out);
+    zn__out_drop(c);
     zn__counter_add(&c->g->stats->closes[c->reason], 1);
     atomic_store_explicit(&c->g->stats->live,
                           zn__counter_get(&c->g->stats->live) - 1,
@@ -561,7 +596,7 @@ zn__conn_drained(zn_conn_t *c)
 {
     int st = atomic_load_explicit(&c->state, memory_order_relaxed);
 
-    zn__buf_drop(&c->out);
+    zn__out_drop(c);
     if (c->shut_wr && !c->shut_done && c->io.fd >= 0) {
         c->shut_done = 1;
         (void)shutdown(c->io.fd, SHUT_WR);
@@ -719,7 +754,7 @@ zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         zn__conn_close_loop(c, ZN_CLOSE_OUTPUT_CAP, true);
         return ZN_ENOBUFS;
     }
-    if (zn__buf_get(&c->out) == NULL)
+    if (zn__out_get(c) == NULL)
         rc = ZN_ENOMEM;
     else
         rc = zn_buf_reserve(c->out, total - sent);

@@ -111,6 +111,10 @@ zn_loop_free(zn_loop_t *loop)
     zn__free(loop->running.v);
     zn__free(loop->ios);
     zn__free(loop->scratch);
+    if (loop->spare_out != NULL) {
+        zn_buf_free(loop->spare_out);
+        zn__free(loop->spare_out);
+    }
     zn__free(loop);
 }
 

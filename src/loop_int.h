@@ -73,6 +73,8 @@ struct zn_loop_s {
     zn__loop_handoff_t handoff;
     zn__conn_stats_t conn_stats; /* for adopted connections */
     char *scratch;              /* ZN__SCRATCH_SIZE bytes for reads */
+    zn_buf_t *spare_out;        /* an empty output buffer kept for the
+                                   next connection that needs one */
     char name[32];
 
     struct {

@@ -735,6 +735,80 @@ test_first_large_send_in_on_data_is_written_at_once(void **state)
 }
 
 
+/* Counts allocations, for the test below; the blocks are libc's. */
+static _Atomic long n_allocs;
+
+static void *
+count_malloc(size_t n)
+{
+    atomic_fetch_add(&n_allocs, 1);
+    return malloc(n);
+}
+
+static void *
+count_realloc(void *p, size_t n)
+{
+    atomic_fetch_add(&n_allocs, 1);
+    return realloc(p, n);
+}
+
+static void *
+count_calloc(size_t k, size_t n)
+{
+    atomic_fetch_add(&n_allocs, 1);
+    return calloc(k, n);
+}
+
+
+/*
+ * A request answered and written at once allocates nothing once the loop
+ * is warm: the reply's output buffer comes from the loop's spare and goes
+ * back to it when written, so an idle connection still holds none.
+ */
+static void
+test_replies_written_at_once_allocate_nothing(void **state)
+{
+    conn_fx_t fx = {.echo = true};
+    zn_conn_limits_t lim;
+    zn_handler_t h = {0};
+    zn_loop_t *loop;
+    zn_conn_t *c;
+    char buf[64];
+    long before = 0;
+    int sv[2], i;
+
+    (void)state;
+    assert_int_equal(zn_set_allocator(count_malloc, count_realloc,
+                                      count_calloc, free), 0);
+    zn_conn_limits_default(&lim);
+    h.on_connect = fx_on_connect;
+    h.on_data = fx_on_data;
+    h.on_close = fx_on_close;
+    h.ud = &fx;
+    assert_int_equal(zn_loop_new(&loop), 0);
+    assert_int_equal(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, &c), 0);
+    for (i = 0; i < 101; i++) {
+        if (i == 1)
+            before = atomic_load(&n_allocs); /* warm after one */
+        assert_int_equal(write(sv[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
+        while (atomic_load(&fx.data_bytes) < (long)sizeof(buf) * (i + 1))
+            zn_loop_run_once(loop, 1000);
+        assert_int_equal(tu_read_exact(sv[1], buf, sizeof(buf)), 0);
+    }
+    assert_int_equal(atomic_load(&n_allocs) - before, 0);
+    assert_int_equal(zn_conn_out_len(c), 0);
+    zn_conn_close(c);
+    while (atomic_load(&fx.closes) == 0)
+        zn_loop_run_once(loop, 1000);
+    zn_conn_unref(atomic_load(&fx.conn));
+    close(sv[1]);
+    zn_loop_free(loop);
+    assert_int_equal(zn_set_allocator(malloc, realloc, calloc, free), 0);
+}
+
+
 int
 main(void)
 {
@@ -755,6 +829,7 @@ main(void)
         cmocka_unit_test(test_no_sigpipe_when_peer_resets),
         cmocka_unit_test(test_adopted_socketpair_echoes),
         cmocka_unit_test(test_first_large_send_in_on_data_is_written_at_once),
+        cmocka_unit_test(test_replies_written_at_once_allocate_nothing),
     };
 
     tu_alarm(120);
