@@ -619,27 +619,43 @@ test_no_sigpipe_when_peer_resets(void **state)
 }
 
 
+/* A new loop with one end of a socketpair adopted as a connection that
+ * the fixture handles; *peer is the other end. The handler and limits are
+ * static: they must outlive the connection. */
+static zn_loop_t *
+adopt_pair(conn_fx_t *fx, zn_conn_t **c, int *peer)
+{
+    static zn_conn_limits_t lim;
+    static zn_handler_t h;
+    zn_loop_t *loop;
+    int sv[2];
+
+    zn_conn_limits_default(&lim);
+    memset(&h, 0, sizeof(h));
+    h.on_connect = fx_on_connect;
+    h.on_data = fx_on_data;
+    h.on_close = fx_on_close;
+    h.ud = fx;
+    assert_int_equal(zn_loop_new(&loop), 0);
+    assert_int_equal(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, c), 0);
+    *peer = sv[1];
+    return loop;
+}
+
+
 static void
 test_adopted_socketpair_echoes(void **state)
 {
     conn_fx_t fx = {.echo = true};
-    zn_conn_limits_t lim;
-    zn_handler_t h = {0};
     zn_loop_t *loop;
     zn_conn_t *c;
     char buf[5];
     int sv[2];
 
     (void)state;
-    zn_conn_limits_default(&lim);
-    h.on_connect = fx_on_connect;
-    h.on_data = fx_on_data;
-    h.on_close = fx_on_close;
-    h.ud = &fx;
-    assert_int_equal(zn_loop_new(&loop), 0);
-    assert_int_equal(
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, &c), 0);
+    loop = adopt_pair(&fx, &c, &sv[1]);
     assert_int_equal(write(sv[1], "hello", 5), 5);
     while (atomic_load(&fx.data_bytes) < 5)
         zn_loop_run_once(loop, 1000);
@@ -769,8 +785,6 @@ static void
 test_replies_written_at_once_allocate_nothing(void **state)
 {
     conn_fx_t fx = {.echo = true};
-    zn_conn_limits_t lim;
-    zn_handler_t h = {0};
     zn_loop_t *loop;
     zn_conn_t *c;
     char buf[64];
@@ -780,15 +794,7 @@ test_replies_written_at_once_allocate_nothing(void **state)
     (void)state;
     assert_int_equal(zn_set_allocator(count_malloc, count_realloc,
                                       count_calloc, free), 0);
-    zn_conn_limits_default(&lim);
-    h.on_connect = fx_on_connect;
-    h.on_data = fx_on_data;
-    h.on_close = fx_on_close;
-    h.ud = &fx;
-    assert_int_equal(zn_loop_new(&loop), 0);
-    assert_int_equal(
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    assert_int_equal(zn_conn_adopt(loop, sv[0], &h, &lim, &c), 0);
+    loop = adopt_pair(&fx, &c, &sv[1]);
     for (i = 0; i < 101; i++) {
         if (i == 1)
             before = atomic_load(&n_allocs); /* warm after one */
