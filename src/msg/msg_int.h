@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "internal.h"
 #include "pbsafe.h"
@@ -49,6 +50,8 @@ struct zn_msg_req_s {
     uint32_t cmd, seq;
     uint8_t flags;
     zn__pb_alloc_t alloc;      /* the decoded message's memory */
+    /* Where a small message is decoded: no allocation of its own. */
+    _Alignas(max_align_t) unsigned char arena[256];
 };
 
 typedef struct {

@@ -57,7 +57,17 @@ pb_alloc(void *data, size_t size)
         a->over_budget = true;
         return NULL;
     }
-    p = zn__malloc(size + PB_HDR_SIZE);
+    /* From the arena when it fits, rounded up to keep the alignment (the
+     * budget check above bounds size, so the sum cannot wrap). */
+    if (a->arena != NULL &&
+        (size + 2 * PB_HDR_SIZE - 1) / PB_HDR_SIZE * PB_HDR_SIZE <=
+            a->arena_len - a->arena_used) {
+        p = a->arena + a->arena_used;
+        a->arena_used +=
+            (size + 2 * PB_HDR_SIZE - 1) / PB_HDR_SIZE * PB_HDR_SIZE;
+    } else {
+        p = zn__malloc(size + PB_HDR_SIZE);
+    }
     if (p == NULL) {
         a->oom = true;
         return NULL;
@@ -84,6 +94,8 @@ pb_free(void *data, void *ptr)
     p = (unsigned char *)ptr - PB_HDR_SIZE;
     a->live -= *(size_t *)(void *)p + PB_HDR_SIZE;
     a->nlive--;
+    if (a->arena != NULL && p >= a->arena && p < a->arena + a->arena_len)
+        return; /* the arena's memory is its owner's */
     zn__free(p);
 }
 
@@ -230,6 +242,10 @@ zn__pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     if (opts != NULL && opts->budget != 0)
         budget = opts->budget;
     zn__pb_alloc_init(a, budget);
+    if (opts != NULL && opts->arena != NULL) {
+        a->arena = opts->arena;
+        a->arena_len = opts->arena_len;
+    }
     rc = zn__pb_scan_depth(desc, data, len, depth);
     if (rc != 0)
         return rc;

@@ -29,6 +29,10 @@
  * (wide sub-messages), and the quadratic merge without bound. 32 sits
  * between; raise it for types made of long lists of near-empty elements.
  *
+ * Arena: the caller may give memory to allocate from first (the
+ * dispatcher gives each request 256 bytes), so that a small message costs
+ * no allocation; it is charged to the budget all the same.
+ *
  * Thread-safety: all functions are reentrant; a zn__pb_alloc_t belongs to
  * one decoding at a time (it may move to another thread with the message).
  */
@@ -52,6 +56,12 @@
 typedef struct zn__pb_opts_s {
     unsigned max_depth;  /* 0: ZN__PB_DEPTH_DEFAULT; at most ..._DEPTH_MAX */
     size_t budget;       /* bytes; 0: zn__pb_default_budget(body length) */
+    /* Optional memory to allocate from before zn__malloc(): aligned as
+     * malloc's, owned by the caller, untouched by zn__pb_free(), and it
+     * must outlive the message. A small message then costs no allocation
+     * (the dispatcher gives each request one). NULL: none. */
+    void *arena;
+    size_t arena_len;
 } zn__pb_opts_t;
 
 /*
@@ -65,8 +75,11 @@ typedef struct zn__pb_alloc_s {
     size_t charged;      /* bytes charged so far; never decreases */
     size_t live;         /* bytes allocated and not yet freed */
     size_t peak;         /* the most bytes live at once */
-    size_t nallocs;      /* allocations made */
+    size_t nallocs;      /* allocations made (arena ones included) */
     size_t nlive;        /* allocations not yet freed */
+    unsigned char *arena;/* see zn__pb_opts_t */
+    size_t arena_len;
+    size_t arena_used;
     bool over_budget;    /* an allocation was refused for the budget */
     bool oom;            /* zn__malloc() itself failed */
 } zn__pb_alloc_t;

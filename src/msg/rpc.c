@@ -482,7 +482,7 @@ zn__rpc_call_new(zn_rpc_t *r, uint32_t cmd,
 static void
 zn__rpc_deliver(zn_rpc_t *r, zn__rpc_call_t *call, const zn_frame_t *f)
 {
-    zn__pb_opts_t po = {r->o.max_depth, 0};
+    zn__pb_opts_t po = {r->o.max_depth, 0, NULL, 0};
     ProtobufCMessage *m, *kept = NULL;
     zn__pb_alloc_t a;
     int rc;
@@ -515,7 +515,7 @@ zn__rpc_deliver(zn_rpc_t *r, zn__rpc_call_t *call, const zn_frame_t *f)
 static void
 zn__rpc_deliver_error(zn_rpc_t *r, zn__rpc_call_t *call, const zn_frame_t *f)
 {
-    zn__pb_opts_t po = {r->o.max_depth, 0};
+    zn__pb_opts_t po = {r->o.max_depth, 0, NULL, 0};
     ProtobufCMessage *m;
     zn_rpc_error_t err;
     zn__pb_alloc_t a;

@@ -500,11 +500,15 @@ static zn_msg_req_t *
 zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
                const zn__msg_entry_t *ent, const zn_frame_t *f)
 {
-    zn__pb_opts_t po = {svc->o.max_depth, 0};
+    zn__pb_opts_t po = {svc->o.max_depth, 0, NULL, 0};
     bool oneway = zn_frame_is_oneway(&f->hdr);
     zn_msg_req_t *req = zn__calloc(1, sizeof(*req));
     int rc = ZN_ENOMEM;
 
+    if (req != NULL) {
+        po.arena = req->arena;
+        po.arena_len = sizeof(req->arena);
+    }
     if (req != NULL &&
         (rc = zn__pb_unpack(ent->desc, f->body, f->hdr.length, &po,
                             &req->msg, &req->alloc)) == 0) {

@@ -584,6 +584,60 @@ test_system_oom_is_enomem(void **state)
 }
 
 
+/*
+ * With an arena, a small message is decoded without one system
+ * allocation (failing_malloc refuses them all); a larger one spills to
+ * malloc for what does not fit; both free cleanly, the arena untouched by
+ * the free (ASan would report a free of memory it did not allocate), and
+ * the budget is charged the same with or without it.
+ */
+static void
+test_arena_first_then_malloc(void **state)
+{
+    _Alignas(max_align_t) unsigned char arena[256];
+    uint8_t payload[2000];
+    Demo__EchoReq req = DEMO__ECHO_REQ__INIT;
+    zn__pb_opts_t o = {.arena = arena, .arena_len = sizeof(arena)};
+    ProtobufCMessage *m, *m2;
+    zn__pb_alloc_t a, a2;
+    uint8_t *b;
+    size_t len;
+
+    (void)state;
+    memset(payload, 7, sizeof(payload));
+    req.payload.data = payload;
+    req.payload.len = 64;
+    b = pack(&req.base, &len);
+    fail_after = 0;
+    assert_int_equal(zn_set_allocator(failing_malloc, realloc, calloc, free),
+                     0);
+    assert_int_equal(zn__pb_unpack(&demo__echo_req__descriptor, b, len, &o,
+                                   &m, &a), 0);
+    assert_int_equal(zn_set_allocator(malloc, realloc, calloc, free), 0);
+    assert_true(a.arena_used > 0 && a.arena_used <= sizeof(arena));
+    assert_int_equal(((Demo__EchoReq *)m)->payload.len, 64);
+    assert_memory_equal(((Demo__EchoReq *)m)->payload.data, payload, 64);
+    assert_int_equal(zn__pb_unpack(&demo__echo_req__descriptor, b, len, NULL,
+                                   &m2, &a2), 0);
+    assert_int_equal(a.charged, a2.charged);
+    zn__pb_free(m, &a);
+    zn__pb_free(m2, &a2);
+    assert_all_freed(&a);
+    free(b);
+
+    req.payload.len = sizeof(payload); /* the bytes do not fit */
+    b = pack(&req.base, &len);
+    assert_int_equal(zn__pb_unpack(&demo__echo_req__descriptor, b, len, &o,
+                                   &m, &a), 0);
+    assert_true(a.arena_used > 0 && a.arena_used <= sizeof(arena));
+    assert_memory_equal(((Demo__EchoReq *)m)->payload.data, payload,
+                        sizeof(payload));
+    zn__pb_free(m, &a);
+    assert_all_freed(&a);
+    free(b);
+}
+
+
 int
 main(void)
 {
@@ -602,6 +656,7 @@ main(void)
         cmocka_unit_test(test_malformed_is_bad_request),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_system_oom_is_enomem),
+        cmocka_unit_test(test_arena_first_then_malloc),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
