@@ -477,6 +477,10 @@ zn_timer_start(zn_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms)
     zn_loop_t *loop = t->loop;
 
     zn_timer_stop(t);
+    /* Outside an iteration the cached time may be old (a loop made, then
+     * set up for a while before it runs): count from the real now. */
+    if (!loop->in_iteration)
+        loop->now = zn_now_ms();
     t->due = loop->now + timeout_ms;
     if (t->due < loop->now)
         t->due = UINT64_MAX;
@@ -566,18 +570,22 @@ zn_loop_run_once(zn_loop_t *loop, int timeout_ms)
     struct epoll_event evs[ZN__MAX_EVENTS];
     int n, ran;
 
+    loop->in_iteration = true;
     loop->now = zn_now_ms();
     ran = zn__loop_run_timers(loop);
     n = epoll_wait(loop->epfd, evs, ZN__MAX_EVENTS,
                    zn__loop_timeout(loop, ran > 0 ? 0 : timeout_ms));
     zn__counter_add(&loop->st.iterations, 1);
-    if (n < 0 && errno != EINTR)
+    if (n < 0 && errno != EINTR) {
+        loop->in_iteration = false;
         return -errno;
+    }
     loop->now = zn_now_ms();
     if (n > 0)
         ran += zn__loop_dispatch(loop, evs, n);
     ran += (int)atomic_load(&loop->npending);
     zn__loop_run_tail(loop);
+    loop->in_iteration = false;
     return ran;
 }
 

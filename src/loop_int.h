@@ -52,6 +52,7 @@ struct zn_loop_s {
     zn__heap_t timers;
     uint64_t timer_order;
     uint64_t now;
+    bool in_iteration;          /* inside zn_loop_run_once(): `now` holds */
     bool in_timers;
     uint64_t timers_phase_order;
 

@@ -196,6 +196,40 @@ log_timer_cb(zn_timer_t *t, void *ud)
 
 
 static void
+count_fire(zn_timer_t *t, void *ud)
+{
+    (void)t;
+    (*(int *)ud)++;
+}
+
+
+/*
+ * A timer started outside the loop's iterations counts from the moment it
+ * is started, not from the loop's last cached time: here the loop was
+ * made 300 ms before a 200 ms timer, which must not fire at once.
+ */
+static void
+test_timer_started_before_run_counts_from_now(void **state)
+{
+    zn_loop_t *loop;
+    zn_timer_t t;
+    uint64_t t0;
+    int fired = 0;
+
+    (void)state;
+    assert_int_equal(zn_loop_new(&loop), 0);
+    usleep(300000);
+    zn_timer_init(loop, &t, count_fire, &fired);
+    t0 = zn_now_ms();
+    zn_timer_start(&t, 200, 0);
+    while (fired == 0)
+        zn_loop_run_once(loop, 1000);
+    assert_true(zn_now_ms() - t0 >= 200);
+    zn_loop_free(loop);
+}
+
+
+static void
 test_timers_fire_in_due_then_start_order(void **state)
 {
     static const uint64_t due[5] = {40, 10, 25, 10, 0};
@@ -607,6 +641,7 @@ main(void)
         cmocka_unit_test(test_stop_from_another_thread),
         cmocka_unit_test(test_free_runs_tasks_still_queued),
         cmocka_unit_test(test_timers_fire_in_due_then_start_order),
+        cmocka_unit_test(test_timer_started_before_run_counts_from_now),
         cmocka_unit_test(test_repeating_timer_cancels_itself),
         cmocka_unit_test(test_timer_cancels_another_due_at_same_time),
         cmocka_unit_test(test_timer_restarted_with_zero_timeout_yields),

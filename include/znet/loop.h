@@ -171,7 +171,9 @@ ZN_EXTERN void zn_timer_init(zn_loop_t *loop, zn_timer_t *t, zn_timer_cb cb,
 
 /*
  * Starts (or restarts) a timer: it fires `timeout_ms` from the loop's
- * cached time, then every `repeat_ms` if that is not 0. Timers due at the
+ * cached time (inside a callback: the time of the iteration's start;
+ * outside the loop's iterations, such as before zn_loop_run(): now), then
+ * every `repeat_ms` if that is not 0. Timers due at the
  * same time fire in the order they were started. Safe inside any callback,
  * including the timer's own.
  */
