@@ -502,10 +502,11 @@ zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
 {
     zn__pb_opts_t po = {svc->o.max_depth, 0, NULL, 0};
     bool oneway = zn_frame_is_oneway(&f->hdr);
-    zn_msg_req_t *req = zn__calloc(1, sizeof(*req));
+    zn_msg_req_t *req = zn__malloc(sizeof(*req));
     int rc = ZN_ENOMEM;
 
-    if (req != NULL) {
+    if (req != NULL) { /* zeroed but for the arena, which needs no zeros */
+        memset(req, 0, offsetof(zn_msg_req_t, arena));
         po.arena = req->arena;
         po.arena_len = sizeof(req->arena);
     }
