@@ -216,6 +216,20 @@ zn__pb_scan_depth(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
 }
 
 
+/* True if a message of this type can contain another message: only then
+ * can a body nest, and need the depth scan. */
+static bool
+pb_can_nest(const ProtobufCMessageDescriptor *desc)
+{
+    unsigned i;
+
+    for (i = 0; i < desc->n_fields; i++)
+        if (desc->fields[i].type == PROTOBUF_C_TYPE_MESSAGE)
+            return true;
+    return false;
+}
+
+
 /*
  * Scan first: protobuf-c must never see a body that nests too deep, since
  * its recursion is what overflows. Then unpack with the budget. protobuf-c
@@ -239,6 +253,9 @@ zn__pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     *msg = NULL;
     if (opts != NULL && opts->max_depth != 0)
         depth = opts->max_depth;
+    if (desc == NULL || (data == NULL && len > 0) || depth < 1 ||
+        depth > ZN__PB_DEPTH_MAX)
+        return ZN_EINVAL;
     if (opts != NULL && opts->budget != 0)
         budget = opts->budget;
     zn__pb_alloc_init(a, budget);
@@ -246,7 +263,10 @@ zn__pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
         a->arena = opts->arena;
         a->arena_len = opts->arena_len;
     }
-    rc = zn__pb_scan_depth(desc, data, len, depth);
+    /* A type without message fields is one level deep whatever the body
+     * holds (protobuf-c skips unknown fields without recursing); it still
+     * refuses a malformed body itself. */
+    rc = pb_can_nest(desc) ? zn__pb_scan_depth(desc, data, len, depth) : 0;
     if (rc != 0)
         return rc;
     m = protobuf_c_message_unpack(desc, &a->pa, len, len ? data : empty);

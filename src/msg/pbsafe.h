@@ -12,7 +12,8 @@
  *    copies its repeated fields each time: quadratic work.
  *
  * zn__pb_unpack() therefore first walks the wire format iteratively, guided
- * by the message descriptor, and refuses nesting deeper than a limit; then
+ * by the message descriptor, and refuses nesting deeper than a limit (a
+ * type without message fields cannot nest and skips the walk); then
  * it unpacks with an allocator that charges every allocation to a byte
  * budget and fails once the budget is spent. Memory freed during decoding
  * is not refunded, so the budget bounds the work as well as the memory.
