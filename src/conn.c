@@ -34,6 +34,8 @@ static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
 static void zn__conn_flush(zn_conn_t *c);
 static void zn__conn_arm(zn_conn_t *c);
 static void zn__conn_finish_if_pending(zn_conn_t *c);
+static void zn__conn_account_input(zn_conn_t *c, size_t before,
+                                   size_t after);
 
 
 /* The input storage a connection holds (capacity, not length: what the
@@ -414,8 +416,7 @@ zn__conn_finish(zn_conn_t *c)
         c->io.fd = -1;
         zn__close_fd(fd);
     }
-    if (c->g->in_held != NULL && zn__in_cap(c) > 0)
-        atomic_fetch_sub(c->g->in_held, zn__in_cap(c));
+    zn__conn_account_input(c, zn__in_cap(c), 0);
     zn__buf_drop(&c->in);
     zn__out_drop(c);
     zn__counter_add(&c->g->stats->closes[c->reason], 1);
@@ -987,13 +988,14 @@ zn__conn_eof(zn_conn_t *c)
 
 /*
  * Moves the server's total of input storage by what this connection's
- * storage did since `before`. Growth that takes the total past the budget
- * closes the connection (its storage is given back when it finishes).
+ * storage did (from `before` to `after` bytes). Growth that takes the
+ * total past the budget closes the connection (its storage is given back
+ * when it finishes).
  */
 static void
-zn__conn_account_input(zn_conn_t *c, size_t before)
+zn__conn_account_input(zn_conn_t *c, size_t before, size_t after)
 {
-    size_t after = zn__in_cap(c), total, budget = c->g->in_budget;
+    size_t total, budget = c->g->in_budget;
 
     if (c->g->in_held == NULL || after == before)
         return;
@@ -1042,7 +1044,7 @@ zn__conn_read(zn_conn_t *c)
                   "closing", zn_conn_peer(c), in_max);
         zn__conn_close_loop(c, ZN_CLOSE_INPUT_CAP, true);
     }
-    zn__conn_account_input(c, before);
+    zn__conn_account_input(c, before, zn__in_cap(c));
 }
 
 

@@ -51,20 +51,19 @@ pb_alloc(void *data, size_t size)
 {
     zn__pb_alloc_t *a = data;
     size_t room = a->budget - a->charged;
+    size_t slot; /* size with header, rounded up to keep the alignment */
     unsigned char *p;
 
     if (room < PB_HDR_SIZE || size > room - PB_HDR_SIZE) {
         a->over_budget = true;
         return NULL;
     }
-    /* From the arena when it fits, rounded up to keep the alignment (the
-     * budget check above bounds size, so the sum cannot wrap). */
-    if (a->arena != NULL &&
-        (size + 2 * PB_HDR_SIZE - 1) / PB_HDR_SIZE * PB_HDR_SIZE <=
-            a->arena_len - a->arena_used) {
+    /* From the arena when it fits (the budget check above bounds size, so
+     * the sum cannot wrap). */
+    slot = (size + 2 * PB_HDR_SIZE - 1) / PB_HDR_SIZE * PB_HDR_SIZE;
+    if (a->arena != NULL && slot <= a->arena_len - a->arena_used) {
         p = a->arena + a->arena_used;
-        a->arena_used +=
-            (size + 2 * PB_HDR_SIZE - 1) / PB_HDR_SIZE * PB_HDR_SIZE;
+        a->arena_used += slot;
     } else {
         p = zn__malloc(size + PB_HDR_SIZE);
     }
