@@ -585,29 +585,6 @@ after_start(app_t *app)
 }
 
 
-/*
- * The graceful shutdown: stop accepting and refuse new requests, let the
- * requests in flight finish (the main loop keeps running, IO loops run on
- * their own), stop the workers, then flush and close every connection.
- * The last statistics line is written before the server stops: stopping
- * frees the IO loops and their counters.
- */
-static void
-shutdown_gracefully(zn_loop_t *loop, app_t *app)
-{
-    uint64_t deadline = zn_now_ms() + DRAIN_MS;
-
-    zn_server_stop_accepting(app->srv);
-    zn_msg_service_shutdown(app->svc);
-    while (zn_msg_service_pending(app->svc) > 0 && zn_now_ms() < deadline)
-        zn_loop_run_once(loop, 10);
-    zn_msg_service_stop(app->svc);
-    write_stats(app);
-    zn_server_stop(app->srv,
-                   deadline > zn_now_ms() ? deadline - zn_now_ms() : 0);
-}
-
-
 static int
 serve(app_t *app, zn_msg_table_t *table, zn_loop_t *loop)
 {
@@ -627,7 +604,11 @@ serve(app_t *app, zn_msg_table_t *table, zn_loop_t *loop)
             app->mo.workers);
     if ((rc = zn_loop_run(loop)) != 0)
         ZN_ERROR("rpc_server: loop: %s", zn_strerror(rc));
-    shutdown_gracefully(loop, app);
+    /* Stop accepting, refuse new requests, finish those in flight, flush,
+     * close: at most DRAIN_MS in all. */
+    if (zn_msg_service_drain(app->svc, app->srv, DRAIN_MS) != 0)
+        ZN_WARN("rpc_server: drain cut short after %d ms", DRAIN_MS);
+    write_stats(app);
     return rc == 0 ? 0 : 1;
 }
 

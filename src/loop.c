@@ -570,6 +570,9 @@ zn_loop_run_once(zn_loop_t *loop, int timeout_ms)
     struct epoll_event evs[ZN__MAX_EVENTS];
     int n, ran;
 
+    /* Outside zn_loop_run() the loop belongs to whoever runs it. */
+    if (!atomic_load(&loop->running_flag))
+        atomic_store(&loop->owner, zn__self());
     loop->in_iteration = true;
     loop->now = zn_now_ms();
     ran = zn__loop_run_timers(loop);

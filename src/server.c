@@ -64,6 +64,9 @@ struct zn_server_s {
     zn__idmap_t map;
     _Atomic unsigned live;
     _Atomic size_t in_held;  /* every connection's input storage */
+    pthread_mutex_t stop_mu; /* with stop_cv: listeners closed on IO loops */
+    pthread_cond_t stop_cv;
+    unsigned closing;        /* IO loops still closing their listeners */
 };
 
 static void zn__listener_cb(zn_io_t *io, unsigned events, void *ud);
@@ -131,6 +134,8 @@ zn_server_new(zn_loop_t *loop, const zn_server_opts_t *opts,
     s->main = loop;
     zn__ioctx_init(s, &s->main_ctx, loop);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->stop_mu, NULL);
+    pthread_cond_init(&s->stop_cv, NULL);
     *out = s;
     return 0;
 }
@@ -147,6 +152,13 @@ unsigned
 zn_server_loop_count(const zn_server_t *s)
 {
     return s->nio ? s->nio : 1;
+}
+
+
+zn_loop_t *
+zn_server_main_loop(const zn_server_t *s)
+{
+    return s->main;
 }
 
 
@@ -674,21 +686,59 @@ zn__server_drain_main(zn_server_t *s, uint64_t drain_ms)
 }
 
 
+/* On an IO loop: closes the listeners it accepts on (reuseport), then
+ * tells the thread waiting in zn_server_stop_accepting(). */
+static void
+zn__ctx_unlisten_task(void *ud)
+{
+    zn__ioctx_t *ctx = ud;
+    zn_server_t *s = ctx->srv;
+    unsigned i;
+
+    for (i = 0; i < s->nls; i++)
+        if (s->ls[i].ctx == ctx)
+            zn__listener_close(&s->ls[i]);
+    pthread_mutex_lock(&s->stop_mu);
+    if (--s->closing == 0)
+        pthread_cond_broadcast(&s->stop_cv);
+    pthread_mutex_unlock(&s->stop_mu);
+}
+
+
+/*
+ * The main loop's listeners close here; a listener of an IO loop
+ * (reuseport) is closed by its own loop, and the call waits for that, so
+ * that no connection is accepted anywhere once it returns.
+ */
 void
 zn_server_stop_accepting(zn_server_t *s)
 {
     unsigned i;
 
     for (i = 0; i < s->nls; i++)
-        if (s->ls[i].ctx == &s->main_ctx)
+        if (s->ls[i].ctx == &s->main_ctx || !s->ls[i].ctx->thread_started)
             zn__listener_close(&s->ls[i]);
+    if (!s->o.reuseport || s->nio == 0)
+        return;
+    pthread_mutex_lock(&s->stop_mu);
+    s->closing = 0;
+    for (i = 0; i < s->nio; i++)
+        if (s->io[i].thread_started &&
+            zn_loop_post(s->io[i].loop, zn__ctx_unlisten_task,
+                         &s->io[i]) == 0)
+            s->closing++;
+    while (s->closing > 0)
+        pthread_cond_wait(&s->stop_cv, &s->stop_mu);
+    pthread_mutex_unlock(&s->stop_mu);
 }
 
 
-/* Joins the threads, frees the loops and listeners; also undoes a start
- * that failed half-way. */
+/* Joins the IO threads and closes the listeners. The IO loops stay until
+ * zn_server_free(): a deferred answer may still be posted to one after
+ * the stop (it finds its connection closed), and the counters stay
+ * readable. */
 static void
-zn__server_release(zn_server_t *s)
+zn__server_join(zn_server_t *s)
 {
     unsigned i;
 
@@ -701,6 +751,17 @@ zn__server_release(zn_server_t *s)
     /* No IO thread runs now: their listeners can be closed from here. */
     for (i = 0; i < s->nls; i++)
         zn__listener_close(&s->ls[i]);
+}
+
+
+/* Frees the loops and listeners (after a stop, or a start that failed
+ * half-way); running a loop's last tasks here ends what they carry. */
+static void
+zn__server_release(zn_server_t *s)
+{
+    unsigned i;
+
+    zn__server_join(s);
     for (i = 0; i < s->nio; i++)
         if (s->io[i].loop != NULL)
             zn_loop_free(s->io[i].loop);
@@ -733,7 +794,7 @@ zn_server_stop(zn_server_t *s, uint64_t drain_ms)
             s->io[i].thread_started = false;
         }
     zn__server_drain_main(s, drain_ms);
-    zn__server_release(s);
+    zn__server_join(s);
 }
 
 
@@ -745,6 +806,8 @@ zn_server_free(zn_server_t *s)
     zn_server_stop(s, 0);
     zn__server_release(s);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->stop_mu);
+    pthread_cond_destroy(&s->stop_cv);
     zn__free(s->map.slots);
     zn__free(s->reject);
     zn__free(s);

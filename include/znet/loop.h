@@ -93,7 +93,9 @@ ZN_EXTERN int zn_loop_run(zn_loop_t *loop);
 /*
  * Runs one iteration: waits at most `timeout_ms` (-1: until an event or a
  * timer, 0: not at all). Returns the number of callbacks run, or a negative
- * error. For tests and for embedding the loop in another one.
+ * error. For tests, for a shutdown that drives the loop after
+ * zn_loop_run() returned, and for embedding the loop in another one.
+ * Outside zn_loop_run() the calling thread becomes the loop's thread.
  */
 ZN_EXTERN int zn_loop_run_once(zn_loop_t *loop, int timeout_ms);
 

@@ -144,10 +144,27 @@ ZN_EXTERN uint64_t zn_msg_service_pending(const zn_msg_service_t *svc);
 /*
  * Stops and joins the workers; requests still queued are answered
  * SHUTTING_DOWN, and so is every request that arrives later. Call while
- * the loops of the connections still exist (before zn_server_stop() for a
- * server with IO threads), so that those answers reach them. Idempotent.
+ * the loops of the connections still exist (before zn_server_free()), so
+ * that those answers reach them. Idempotent.
  */
 ZN_EXTERN void zn_msg_service_stop(zn_msg_service_t *svc);
+
+/*
+ * The graceful shutdown of a server that this service serves, in one call:
+ * stops accepting (every listener), answers new requests SHUTTING_DOWN,
+ * lets the requests in flight finish (on the loop, on workers, deferred),
+ * stops the workers, then closes every connection gracefully so that the
+ * replies are flushed, and stops the server; all within `timeout_ms`, after
+ * which what is left is cut short (requests still queued for a worker are
+ * answered SHUTTING_DOWN, connections still flushing are reset). Runs the
+ * server's main loop itself: call it on the main loop's thread after
+ * zn_loop_run() has returned (from a signal handler's zn_loop_stop(), for
+ * instance), never from inside a callback. The server must still be
+ * freed (zn_server_free), and the service too. Returns 0 when everything
+ * finished in time, ZN_ETIMEDOUT when the limit cut something short.
+ */
+ZN_EXTERN int zn_msg_service_drain(zn_msg_service_t *svc, zn_server_t *srv,
+                                   uint64_t timeout_ms);
 
 /*
  * Stops the service if needed and frees it. Call after the servers using

@@ -101,7 +101,9 @@ ZN_EXTERN int zn_server_new(zn_loop_t *loop, const zn_server_opts_t *opts,
 ZN_EXTERN int zn_server_start(zn_server_t *s);
 
 /*
- * Stops accepting and closes the listeners. Open connections stay open.
+ * Stops accepting and closes the listeners: the main loop's, and with
+ * reuseport those of the IO loops (each closed on its own loop; the call
+ * waits until they are). Open connections stay open. Idempotent.
  */
 ZN_EXTERN void zn_server_stop_accepting(zn_server_t *s);
 
@@ -110,11 +112,14 @@ ZN_EXTERN void zn_server_stop_accepting(zn_server_t *s);
  * their queued output is flushed, for at most `drain_ms`; 0: abortive),
  * stops and joins the IO threads. Returns when all is done; on the main
  * loop's thread, with the main loop not inside zn_loop_run() or inside a
- * callback of it. Idempotent.
+ * callback of it. Idempotent. The IO loops themselves stay until
+ * zn_server_free(), so that an answer posted late to a connection of
+ * theirs is dropped safely, and the counters stay readable.
  */
 ZN_EXTERN void zn_server_stop(zn_server_t *s, uint64_t drain_ms);
 
-/* Stops the server if needed and frees it. */
+/* Stops the server if needed and frees it, with its IO loops (running the
+ * tasks still posted to them, so that what they carry is released). */
 ZN_EXTERN void zn_server_free(zn_server_t *s);
 
 /* The port bound (useful with port 0). Any thread after start. */
@@ -132,8 +137,12 @@ ZN_EXTERN void zn_server_foreach(zn_server_t *s,
                                  void (*cb)(zn_conn_t *c, void *arg),
                                  void *arg);
 
-/* Reads the counters, summed over the server's loops. Any thread. */
+/* Reads the counters, summed over the server's loops. Any thread. After
+ * zn_server_stop() they still hold the whole run's totals. */
 ZN_EXTERN void zn_server_stats(const zn_server_t *s, zn_server_stats_t *st);
+
+/* The loop the server was created on (the main loop). Any thread. */
+ZN_EXTERN zn_loop_t *zn_server_main_loop(const zn_server_t *s);
 
 /* The loops a server uses: index 0 .. io_threads-1 (the main loop alone
  * when io_threads is 0). Any thread after start. */

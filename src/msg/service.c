@@ -210,6 +210,7 @@ typedef struct zn__msg_out_s {
     zn_conn_t *conn;           /* a reference */
     zn__msg_conn_t *mc;
     size_t len;
+    bool late;                 /* the connection was closed already */
     uint8_t data[];
 } zn__msg_out_t;
 
@@ -230,8 +231,9 @@ zn__msg_out_task(void *ud)
 
     for (; o != NULL; o = next) {
         next = o->next;
-        rc = o->len > 0 ? zn__conn_send_deferred(o->conn, o->data, o->len)
-                        : 0;
+        rc = o->late ? ZN_ENOTCONN
+             : o->len > 0 ? zn__conn_send_deferred(o->conn, o->data, o->len)
+                          : 0;
         if (rc == ZN_ENOTCONN)
             ZN__MSG_STAT_ADD(o->svc, late_replies, 1);
         else if (rc == ZN_ENOMEM) /* lost: the peer must not wait */
@@ -308,15 +310,19 @@ zn__msg_collect_end(void)
  * written there; the loop also ends the request. A connection closed
  * meanwhile drops it (counted as a late reply): the connection object is
  * never reused, so the answer cannot reach a newer peer on the same fd.
+ * One already closed is not packed for: only the end of the request
+ * travels, and the caller learns ZN_ENOTCONN at once.
  */
 static int
 zn__msg_answer_posted(zn_msg_req_t *req, uint8_t flags,
                       const ProtobufCMessage *msg)
 {
+    bool late = !(req->flags & ZN_FRAME_F_ONEWAY) &&
+                !zn_conn_is_open(req->conn);
     size_t body = 0, size = 0;
     zn__msg_out_t *o;
 
-    if (!(req->flags & ZN_FRAME_F_ONEWAY) &&
+    if (!late && !(req->flags & ZN_FRAME_F_ONEWAY) &&
         (size = zn__msg_frame_size(msg, &body)) == 0)
         return ZN_EMSGSIZE;
     if ((o = zn__malloc(sizeof(*o) + size)) == NULL)
@@ -325,6 +331,7 @@ zn__msg_answer_posted(zn_msg_req_t *req, uint8_t flags,
     o->conn = req->conn;
     o->mc = req->mc;
     o->len = size;
+    o->late = late;
     if (size > 0)
         zn__msg_pack_into(o->data, req->cmd, req->seq, flags, msg, body);
     zn_conn_ref(o->conn);
@@ -332,14 +339,14 @@ zn__msg_answer_posted(zn_msg_req_t *req, uint8_t flags,
     if (zn__tl_collect) {
         o->next = zn__tl_outs;
         zn__tl_outs = o;
-        return 0;
+        return late ? ZN_ENOTCONN : 0;
     }
     if (zn_loop_post(zn_conn_loop(req->conn), zn__msg_out_task, o) != 0) {
         zn_conn_unref(o->conn);
         zn__free(o);
         return ZN_ENOMEM;
     }
-    return 0;
+    return late ? ZN_ENOTCONN : 0;
 }
 
 
@@ -383,7 +390,7 @@ zn__msg_answer(zn_msg_req_t *req, uint8_t flags, const ProtobufCMessage *msg,
         atomic_store(&req->answered, 0);
         return rc;
     }
-    if (!(req->flags & ZN_FRAME_F_ONEWAY)) {
+    if (rc == 0 && !(req->flags & ZN_FRAME_F_ONEWAY)) {
         ZN__MSG_STAT_ADD(req->svc, replies, 1);
         if (flags & ZN_FRAME_F_ERROR)
             ZN__MSG_STAT_ADD(req->svc,

@@ -52,7 +52,7 @@
 /* The command line, and how much slower than a plain build this one is. */
 static const char *g_bin;
 static const char *g_model;
-static char g_dir[256];
+static char g_dir[4200];
 static unsigned g_slow = 1;
 static bool g_sanitized;
 
@@ -2221,6 +2221,35 @@ static const struct CMUnitTest hs_cases[] = {
 };
 
 
+/*
+ * Where the servers' logs and port files go: $HOSTILE_OUT/hostile-MODEL if
+ * set, else hostile-MODEL beside this program (in the build tree), never
+ * the current directory, so that a run by hand leaves the source tree
+ * clean.
+ */
+static void
+hs_out_dir(char *dir, size_t cap, const char *model)
+{
+    char exe[4000];
+    const char *base = getenv("HOSTILE_OUT");
+    ssize_t n;
+    char *slash;
+
+    if (base == NULL || base[0] == '\0') {
+        n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        exe[n > 0 ? n : 0] = '\0';
+        slash = strrchr(exe, '/');
+        if (slash == NULL)
+            snprintf(exe, sizeof(exe), ".");
+        else
+            *slash = '\0';
+        base = exe;
+    }
+    snprintf(dir, cap, "%s/hostile-%s", base, model);
+    (void)mkdir(dir, 0755);
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -2235,8 +2264,7 @@ main(int argc, char **argv)
     }
     g_bin = argv[1];
     g_model = argv[2];
-    snprintf(g_dir, sizeof(g_dir), "hostile-%s", g_model);
-    (void)mkdir(g_dir, 0755);
+    hs_out_dir(g_dir, sizeof(g_dir), g_model);
     hs_sanitizer_setup();
     hs_raise_nofile();
     if (argc > 3)
