@@ -202,7 +202,25 @@ use_buf(struct reader *r, zn_buf_t *b)
 }
 
 
-/* znet: one readv() per wake-up; see zn_buf_read_fd(). */
+/* znet's read: one readv() per wake-up into the buffer's free space and
+ * the scratch area (zn_buf_read_begin/_end), as a connection makes it. */
+static ssize_t
+contig_read(zn_buf_t *b, int fd, char *extra, size_t extra_len)
+{
+    struct iovec iov[2];
+    ssize_t n;
+    int cnt, rc;
+
+    if ((cnt = zn_buf_read_begin(b, iov, extra, extra_len)) < 0)
+        return cnt;
+    if ((n = readv(fd, iov, cnt)) < 0)
+        return errno == EAGAIN ? ZN_EAGAIN : -errno;
+    if ((rc = zn_buf_read_end(b, iov, cnt, (size_t)n)) != 0)
+        return rc;
+    return n;
+}
+
+
 static int
 contig_readable(struct reader *r, int borrow, int keep)
 {
@@ -210,9 +228,9 @@ contig_readable(struct reader *r, int borrow, int keep)
 
     if (borrow && r->in.data == NULL) {
         zn_buf_init_borrowed(&r->in, scratch, 0, sizeof(scratch));
-        n = zn_buf_read_fd(&r->in, r->fd, NULL, 0);
+        n = contig_read(&r->in, r->fd, NULL, 0);
     } else {
-        n = zn_buf_read_fd(&r->in, r->fd, scratch, sizeof(scratch));
+        n = contig_read(&r->in, r->fd, scratch, sizeof(scratch));
     }
     r->reads++;
     if (n == 0)

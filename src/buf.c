@@ -1,6 +1,6 @@
 /*
  * buf.c: the growable byte buffer. The contract is in znet/buf.h; why it is
- * one contiguous area read with readv() into a spare area, and the
+ * one contiguous area read (by a transport) into it and a spare area, and the
  * measurement behind that choice, are in docs/buffers.md.
  */
 #ifndef _GNU_SOURCE
@@ -10,7 +10,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "internal.h"
@@ -20,7 +19,7 @@
  * header, then a short body) do not each reallocate. */
 #define ZN__BUF_MIN_CAP 256
 
-/* What zn_buf_read_fd() reserves when it has no free space and no extra. */
+/* What a read reserves when the buffer has no free space and no extra. */
 #define ZN__BUF_READ_MIN 4096
 
 
@@ -308,23 +307,22 @@ zn_buf_shrink(zn_buf_t *b, size_t keep)
 
 
 /*
- * One readv() into the free tail and then into `extra`, as muduo does: the
- * buffer needs no spare room to make a large read, and what lands in
- * `extra` is appended at its real size, so the storage a connection holds
- * follows what it has received. `extra` is skipped when the tail alone is
- * at least as large: otherwise every full read would be larger than the
- * storage and double it, until the buffer held the whole socket queue.
- * The read is limited to what the cap lets the buffer keep: a full buffer
- * leaves the data in the socket, where TCP flow control pushes back on the
- * peer, rather than dropping any.
+ * The free tail first and then `extra`, as muduo does: the buffer needs
+ * no spare room to make a large read, and what lands in `extra` is
+ * appended at its real size, so the storage a connection holds follows
+ * what it has received. `extra` is skipped when the tail alone is at least
+ * as large: otherwise every full read would be larger than the storage and
+ * double it, until the buffer held the whole socket queue. The read is
+ * limited to what the cap lets the buffer keep: a full buffer leaves the
+ * data in the socket, where TCP flow control pushes back on the peer,
+ * rather than dropping any.
  */
-ssize_t
-zn_buf_read_fd(zn_buf_t *b, int fd, char *extra, size_t extra_len)
+int
+zn_buf_read_begin(zn_buf_t *b, struct iovec iov[2], char *extra,
+                  size_t extra_len)
 {
     size_t room = zn__buf_room(b);
     size_t tail, ext;
-    struct iovec iov[2];
-    ssize_t n;
     int cnt = 0, rc;
 
     if (room == 0)
@@ -344,45 +342,27 @@ zn_buf_read_fd(zn_buf_t *b, int fd, char *extra, size_t extra_len)
             (struct iovec){.iov_base = zn_buf_tail(b), .iov_len = tail};
     if (ext > 0)
         iov[cnt++] = (struct iovec){.iov_base = extra, .iov_len = ext};
-    do
-        n = readv(fd, iov, cnt);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EWOULDBLOCK ? ZN_EAGAIN : -errno;
-    if ((size_t)n <= tail) {
-        b->wpos += (size_t)n;
-        return n;
-    }
-    b->wpos += tail;
-    rc = zn_buf_append(b, extra, (size_t)n - tail);
-    if (rc != 0) {
-        /* The buffer stays as it was; the bytes read are lost (see .h). */
-        b->wpos -= tail;
-        return rc;
-    }
-    return n;
+    return cnt;
 }
 
 
-/*
- * send() rather than write(): MSG_NOSIGNAL turns a write to a closed peer
- * into EPIPE instead of a SIGPIPE that would kill the process.
- */
-ssize_t
-zn_buf_write_fd(zn_buf_t *b, int fd)
+int
+zn_buf_read_end(zn_buf_t *b, const struct iovec *iov, int iovcnt, size_t n)
 {
-    size_t len = zn_buf_len(b);
-    ssize_t n;
+    size_t tail = iovcnt > 0 && iov[0].iov_base == zn_buf_tail(b)
+                      ? iov[0].iov_len
+                      : 0;
+    int rc;
 
-    if (len == 0)
+    if (n <= tail) {
+        b->wpos += n;
         return 0;
-    do
-        n = send(fd, zn_buf_peek(b), len, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EWOULDBLOCK ? ZN_EAGAIN : -errno;
-    zn_buf_consume(b, (size_t)n);
-    return n;
+    }
+    b->wpos += tail;
+    rc = zn_buf_append(b, iov[iovcnt - 1].iov_base, n - tail);
+    if (rc != 0)
+        b->wpos -= tail; /* the buffer stays as it was (see the header) */
+    return rc;
 }
 
 

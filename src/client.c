@@ -9,13 +9,13 @@
 #include "conn_int.h"
 #include "loop_int.h"
 #include "sockutil.h"
+#include "transport.h"
 #include "znet/client.h"
 #include "znet/log.h"
 
 enum {
     ZN__CL_IDLE,
     ZN__CL_CONNECTING,
-    ZN__CL_HANDOFF, /* connected; the socket is on its way to conn_loop */
     ZN__CL_CONNECTED,
     ZN__CL_WAITING
 };
@@ -33,6 +33,7 @@ struct zn_client_s {
     zn__conn_stats_t stats;
     zn__conn_group_t grp;        /* connections on the client's loop */
     zn__conn_group_t grp_remote; /* connections on conn_loop */
+    zn_task_t closed_task;   /* a close on conn_loop, told to our loop */
     unsigned failures;
     uint64_t rng;
     bool stopped;
@@ -43,6 +44,7 @@ struct zn_client_s {
 static void zn__client_connect(zn_client_t *cl);
 static void zn__client_conn_closed(zn_conn_t *c, void *owner);
 static void zn__client_remote_closed(zn_conn_t *c, void *owner);
+static void zn__client_closed_task(void *ud);
 
 
 void
@@ -79,10 +81,12 @@ zn_client_new(zn_loop_t *loop, const zn_client_opts_t *opts,
     cl->fd = -1;
     cl->state = ZN__CL_IDLE;
     cl->rng = zn_now_ns() ^ (uint64_t)(uintptr_t)cl;
-    cl->grp = (zn__conn_group_t){&cl->o.handler, &cl->o.limits, &cl->stats,
+    cl->grp = (zn__conn_group_t){&zn__transport_socket, &cl->o.handler,
+                                 &cl->o.limits, &cl->stats,
                                  zn__client_conn_closed, cl, NULL, 0};
     cl->grp_remote = cl->grp;
     cl->grp_remote.closed_fn = zn__client_remote_closed;
+    zn_task_init(&cl->closed_task, zn__client_closed_task, cl);
     zn_timer_init(loop, &cl->timer, NULL, cl);
     *out = cl;
     return 0;
@@ -188,27 +192,16 @@ zn__client_conn_closed(zn_conn_t *c, void *owner)
 }
 
 
-/* Creates and starts the connection on `loop` (the caller's thread). */
-static zn_conn_t *
-zn__client_open(zn_client_t *cl, zn_loop_t *loop, int fd,
-                const zn__conn_group_t *g)
-{
-    zn_conn_t *c;
-
-    if ((c = zn__conn_new(loop, fd, g)) == NULL)
-        return NULL;
-    zn_conn_ref(c); /* the client's; given back when it closes */
-    zn__counter_add(&cl->stats.accepted, 1);
-    return c;
-}
-
-
-static void zn__client_handoff(zn_client_t *cl, int fd);
-
-
+/*
+ * The connection is made here and started on the loop it lives on: at
+ * once if that is the client's, else through the connection's own task
+ * (the same hand-off a server makes to its IO loops; it cannot fail).
+ * The client holds a reference until the close is reported back.
+ */
 static void
 zn__client_established(zn_client_t *cl)
 {
+    bool remote = cl->o.conn_loop != NULL && cl->o.conn_loop != cl->loop;
     int fd = cl->fd;
     zn_conn_t *c;
 
@@ -218,127 +211,45 @@ zn__client_established(zn_client_t *cl)
     if (cl->addr.ss_family != AF_UNIX && !cl->o.no_nodelay)
         zn__sock_nodelay(fd);
     cl->failures = 0;
-    if (cl->o.conn_loop != NULL && cl->o.conn_loop != cl->loop) {
-        zn__client_handoff(cl, fd);
-        return;
-    }
-    if ((c = zn__client_open(cl, cl->loop, fd, &cl->grp)) == NULL) {
+    c = zn__conn_new(remote ? cl->o.conn_loop : cl->loop, fd,
+                     remote ? &cl->grp_remote : &cl->grp);
+    if (c == NULL) {
         zn__close_fd(fd);
         cl->failures++;
         zn__client_failed(cl, ZN_ENOMEM);
         return;
     }
+    zn_conn_ref(c); /* the client's; given back when it closes */
+    zn__counter_add(&cl->stats.accepted, 1);
     cl->conn = c;
     cl->state = ZN__CL_CONNECTED;
-    zn__conn_start(c);
+    if (remote)
+        zn__conn_handoff(c);
+    else
+        zn__conn_start(c);
 }
 
-/* ---- connections on another loop --------------------------------------- */
 
-/*
- * The connection lives on conn_loop while the client's state belongs to
- * the client's loop, so every change crosses back as a posted task: the
- * connection is created there, announced here ("attached"), and its close
- * is reported here too, in that order (both are posted by the same
- * thread). Until the close is reported the client stays alive, even if
- * freed meanwhile.
- */
-typedef struct {
-    zn_client_t *cl;
-    zn_conn_t *conn;           /* NULL: the hand-off failed */
-    int fd;
-    bool closed;
-} zn__client_msg_t;
-
-
+/* On the client's loop: a connection on conn_loop has closed. */
 static void
-zn__client_post(zn_loop_t *loop, zn_task_cb cb, zn__client_msg_t *m)
+zn__client_closed_task(void *ud)
 {
-    if (zn_loop_post(loop, cb, m) != 0) {
-        /* Out of memory for a task: run it here rather than lose it;
-         * only the thread differs. */
-        ZN_LOG_RL(ZN_LOG_ERROR, 1, "client: cannot post across loops");
-        cb(m);
-    }
+    zn_client_t *cl = ud;
+
+    zn__client_conn_closed(cl->conn, cl);
 }
 
 
-static void
-zn__client_back_task(void *ud)
-{
-    zn__client_msg_t *m = ud;
-    zn_client_t *cl = m->cl;
-
-    if (!m->closed && m->conn == NULL && cl->free_pending) {
-        cl->state = ZN__CL_IDLE;
-        zn__free(m);
-        zn_client_free(cl);
-        return;
-    }
-    if (!m->closed) {
-        cl->conn = m->conn;
-        cl->state = m->conn != NULL ? ZN__CL_CONNECTED : ZN__CL_IDLE;
-        if (m->conn == NULL) {
-            cl->failures++;
-            zn__client_failed(cl, ZN_ENOMEM);
-        } else if (cl->stopped) {
-            zn_conn_close_reason(m->conn, ZN_CLOSE_SHUTDOWN, true);
-        }
-    } else {
-        zn__client_conn_closed(m->conn, cl);
-    }
-    zn__free(m);
-}
-
-
-/* On conn_loop: the connection closed; tell the client's loop. */
+/* On conn_loop: the connection closed; the client's state belongs to the
+ * client's loop, so the news crosses there. One connection at a time: the
+ * task is never queued twice. */
 static void
 zn__client_remote_closed(zn_conn_t *c, void *owner)
 {
     zn_client_t *cl = owner;
-    zn__client_msg_t *m = zn__calloc(1, sizeof(*m));
 
-    if (m == NULL) { /* cannot tell: keep the reference, leak loudly */
-        ZN_LOG(ZN_LOG_ERROR, "client: out of memory reporting a close");
-        return;
-    }
-    m->cl = cl;
-    m->conn = c;
-    m->closed = true;
-    zn__client_post(cl->loop, zn__client_back_task, m);
-}
-
-
-static void
-zn__client_there_task(void *ud)
-{
-    zn__client_msg_t *m = ud;
-    zn_client_t *cl = m->cl;
-
-    m->conn = zn__client_open(cl, cl->o.conn_loop, m->fd, &cl->grp_remote);
-    if (m->conn == NULL)
-        zn__close_fd(m->fd);
-    else
-        zn__conn_start(m->conn);
-    zn__client_post(cl->loop, zn__client_back_task, m);
-}
-
-
-static void
-zn__client_handoff(zn_client_t *cl, int fd)
-{
-    zn__client_msg_t *m = zn__calloc(1, sizeof(*m));
-
-    if (m == NULL) {
-        zn__close_fd(fd);
-        cl->failures++;
-        zn__client_failed(cl, ZN_ENOMEM);
-        return;
-    }
-    m->cl = cl;
-    m->fd = fd;
-    cl->state = ZN__CL_HANDOFF;
-    zn__client_post(cl->o.conn_loop, zn__client_there_task, m);
+    (void)c;
+    (void)zn_loop_post_task(cl->loop, &cl->closed_task);
 }
 
 
@@ -429,7 +340,7 @@ zn_client_stop(zn_client_t *cl, bool abortive)
         zn__client_abandon_fd(cl);
     if (cl->conn != NULL)
         zn_conn_close_reason(cl->conn, ZN_CLOSE_SHUTDOWN, abortive);
-    else if (cl->state != ZN__CL_HANDOFF) /* that one ends by itself */
+    else
         cl->state = ZN__CL_IDLE;
 }
 
@@ -445,7 +356,7 @@ zn_client_free(zn_client_t *cl)
     if (cl == NULL)
         return;
     zn_client_stop(cl, true);
-    if (cl->conn != NULL || cl->in_cb > 0 || cl->state == ZN__CL_HANDOFF) {
+    if (cl->conn != NULL || cl->in_cb > 0) {
         cl->free_pending = true;
         return;
     }

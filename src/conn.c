@@ -16,6 +16,7 @@
 
 #include "conn_int.h"
 #include "loop_int.h"
+#include "transport.h"
 #include "znet/log.h"
 
 #define ZN__DEFAULT_LINGER_MS 30000
@@ -29,11 +30,12 @@ static const char *const zn__close_names[ZN_CLOSE_REASON_MAX] = {
 
 static void zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud);
 static void zn__conn_timer_cb(zn_timer_t *t, void *ud);
+static void zn__conn_task(zn_task_node_t *n);
+static void zn__conn_request(zn_conn_t *c, unsigned bits);
 static void zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason,
                                 bool abortive);
 static void zn__conn_flush(zn_conn_t *c);
 static void zn__conn_arm(zn_conn_t *c);
-static void zn__conn_finish_if_pending(zn_conn_t *c);
 static void zn__conn_account_input(zn_conn_t *c, size_t before,
                                    size_t after);
 
@@ -227,21 +229,22 @@ zn_conn_fd(const zn_conn_t *c)
 
 /* The limits live in the group that the connection shares; replacing
  * them for one connection gives it a group of its own. */
-void
+int
 zn_conn_set_limits(zn_conn_t *c, const zn_conn_limits_t *l)
 {
     zn__conn_group_t *g;
 
+    if (l == NULL)
+        return ZN_EINVAL;
     if (!c->own_group) {
-        if ((g = zn__malloc(sizeof(*g))) == NULL) {
-            ZN_LOG_RL(ZN_LOG_ERROR, 1, "conn: out of memory for limits");
-            return;
-        }
+        if ((g = zn__malloc(sizeof(*g))) == NULL)
+            return ZN_ENOMEM;
         *g = *c->g;
         c->g = g;
         c->own_group = 1;
     }
     ((zn__conn_group_t *)c->g)->limits = l;
+    return 0;
 }
 
 
@@ -287,6 +290,7 @@ zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g)
     c->id = zn__conn_next_id();
     c->g = g;
     zn_io_init(loop, &c->io, fd, zn__conn_io_cb, c);
+    c->task.fn = zn__conn_task;
     return c;
 }
 
@@ -332,6 +336,8 @@ zn__conn_update_io(zn_conn_t *c)
 
     if (c->tm != NULL)
         zn__conn_pause_clock(c, (want & ZN_READABLE) != 0);
+    if (want != 0 && c->g->tp->events != NULL)
+        want = c->g->tp->events(c, want);
     if (want == 0) {
         zn_io_stop(&c->io);
         return;
@@ -364,28 +370,41 @@ zn__conn_start(zn_conn_t *c)
     c->in_cb--;
     zn__conn_flush(c);
     zn__conn_update_io(c);
-    zn__conn_finish_if_pending(c);
     zn_conn_unref(c);
 }
 
 
+void
+zn__conn_handoff(zn_conn_t *c)
+{
+    zn__conn_request(c, ZN__RQ_START);
+}
+
+
 /* An adopted connection has no owner: it gets a group of its own, with
- * the loop's default counters. */
+ * counters of its own (in the same allocation). */
+typedef struct {
+    zn__conn_group_t g;
+    zn__conn_stats_t stats;
+} zn__own_group_t;
+
+
 int
 zn_conn_adopt(zn_loop_t *loop, int fd, const zn_handler_t *handler,
               const zn_conn_limits_t *limits, zn_conn_t **out)
 {
-    zn__conn_group_t *g = zn__calloc(1, sizeof(*g));
-    zn_conn_t *c = g != NULL ? zn__conn_new(loop, fd, g) : NULL;
+    zn__own_group_t *og = zn__calloc(1, sizeof(*og));
+    zn_conn_t *c = og != NULL ? zn__conn_new(loop, fd, &og->g) : NULL;
 
     if (c == NULL) {
-        zn__free(g);
+        zn__free(og);
         zn__close_fd(fd);
         return ZN_ENOMEM;
     }
-    g->h = handler;
-    g->limits = limits;
-    g->stats = zn__loop_conn_stats(loop);
+    og->g.tp = &zn__transport_socket;
+    og->g.h = handler;
+    og->g.limits = limits;
+    og->g.stats = &og->stats;
     c->own_group = 1;
     *out = c;
     zn__conn_start(c);
@@ -397,6 +416,20 @@ zn_conn_adopt(zn_loop_t *loop, int fd, const zn_handler_t *handler,
 
 
 /*
+ * Asks the loop for `bits` (ZN__RQ_*). The first bit set queues the
+ * connection's task, with a reference; later ones ride on it. Any thread.
+ */
+static void
+zn__conn_request(zn_conn_t *c, unsigned bits)
+{
+    if (atomic_fetch_or(&c->rq, bits) != 0)
+        return;
+    zn_conn_ref(c);
+    (void)zn__loop_post_node(c->io.loop, &c->task);
+}
+
+
+/*
  * The second step of a close, on the loop, outside the connection's own
  * callbacks: forget the fd (abortive: with a reset), drop buffers, run
  * on_close, tell the owner, and give back the loop's reference.
@@ -404,17 +437,12 @@ zn_conn_adopt(zn_loop_t *loop, int fd, const zn_handler_t *handler,
 static void
 zn__conn_finish(zn_conn_t *c)
 {
-    struct linger lg = {1, 0};
-    int fd = c->io.fd;
-
     zn_io_stop(&c->io);
     if (c->tm != NULL)
         zn_timer_stop(&c->tm->t);
-    if (fd >= 0) {
-        if (c->abortive)
-            (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    if (c->io.fd >= 0) {
+        c->g->tp->close(c, c->abortive);
         c->io.fd = -1;
-        zn__close_fd(fd);
     }
     zn__conn_account_input(c, zn__in_cap(c), 0);
     zn__buf_drop(&c->in);
@@ -431,14 +459,7 @@ zn__conn_finish(zn_conn_t *c)
 }
 
 
-static void
-zn__conn_finish_task(void *ud)
-{
-    zn__conn_finish(ud);
-}
-
-
-/* Schedules the finish as a posted task (a post from the loop thread
+/* The finish runs from the connection's task (a post from the loop thread
  * costs no system call), so on_close never runs inside another callback
  * of the same connection, nor inside zn_conn_close(). */
 static void
@@ -446,29 +467,10 @@ zn__conn_schedule_finish(zn_conn_t *c)
 {
     atomic_store_explicit(&c->state, ZN__CLOSED, memory_order_release);
     zn_io_stop(&c->io);
-    if (c->finish_posted)
+    if (c->finishing)
         return;
-    c->finish_posted = 1;
-    if (zn_loop_post(c->io.loop, zn__conn_finish_task, c) == 0)
-        return;
-    /* No memory for the task: finish here, but never inside one of the
-     * connection's own callbacks (on_close would free what the handler
-     * still uses): then when they return. */
-    if (c->in_cb > 0)
-        c->finish_pending = 1;
-    else
-        zn__conn_finish(c);
-}
-
-
-/* After the outermost callback of a connection has returned. */
-static void
-zn__conn_finish_if_pending(zn_conn_t *c)
-{
-    if (c->finish_pending && c->in_cb == 0) {
-        c->finish_pending = 0;
-        zn__conn_finish(c);
-    }
+    c->finishing = 1;
+    zn__conn_request(c, ZN__RQ_FINISH);
 }
 
 
@@ -500,51 +502,107 @@ zn__conn_close_loop(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
 }
 
 
-typedef struct {
-    zn_conn_t *c;
-    unsigned char reason;
-    bool abortive;
-    bool shutdown;
-} zn__close_req_t;
-
-
 static void
-zn__conn_close_task(void *ud)
+zn__conn_shutdown_loop(zn_conn_t *c)
 {
-    zn__close_req_t *r = ud;
-
-    if (r->shutdown)
-        zn_conn_shutdown(r->c);
-    else
-        zn__conn_close_loop(r->c, (zn_close_reason_t)r->reason,
-                            r->abortive);
-    zn_conn_unref(r->c);
-    zn__free(r);
+    if (atomic_load(&c->state) != ZN__OPEN || c->shut_wr)
+        return;
+    c->shut_wr = 1;
+    zn__conn_flush(c);
 }
 
 
-/* From another thread a close is a posted task holding a reference. If
- * even that allocation fails the close cannot be delivered; it is logged
- * (the caller can retry). */
-static void
-zn__conn_post_close(zn_conn_t *c, zn_close_reason_t reason, bool abortive,
-                    bool shutdown)
+/* True once every send posted before the last remote close or shutdown
+ * was asked has run here. */
+static bool
+zn__conn_sends_caught_up(const zn_conn_t *c)
 {
-    zn__close_req_t *r = zn__malloc(sizeof(*r));
+    return (int32_t)(c->sends_done -
+                     atomic_load(&((zn_conn_t *)c)->rq_mark)) >= 0;
+}
 
-    if (r != NULL) {
-        r->c = c;
-        r->reason = (unsigned char)reason;
-        r->abortive = abortive;
-        r->shutdown = shutdown;
-        zn_conn_ref(c);
-        if (zn_loop_post(c->io.loop, zn__conn_close_task, r) == 0)
-            return;
-        zn_conn_unref(c);
-        zn__free(r);
+
+/*
+ * A close or shutdown asked from another thread comes after the sends
+ * that thread posted before it, as the program says: a graceful one waits
+ * until the loop has run the send tasks posted before it was asked (the
+ * last of them does it), but not for later ones, so senders that go on
+ * cannot hold it off. An abortive close does not wait.
+ */
+static void
+zn__conn_remote_close(zn_conn_t *c, unsigned rq)
+{
+    bool waiting = !zn__conn_sends_caught_up(c);
+
+    if (rq & ZN__RQ_ABORT) {
+        zn__conn_close_loop(c, (zn_close_reason_t)atomic_load(&c->rq_reason),
+                            true);
+    } else if (rq & ZN__RQ_CLOSE) {
+        if (!waiting)
+            zn__conn_close_loop(c,
+                                (zn_close_reason_t)atomic_load(&c->rq_reason),
+                                false);
+        else if (!c->close_later) {
+            c->close_later = 1;
+            c->later_reason = atomic_load(&c->rq_reason);
+        }
     }
-    ZN_LOG_RL(ZN_LOG_ERROR, 5, "conn#%llu: close: out of memory",
-              (unsigned long long)c->id);
+    if ((rq & ZN__RQ_SHUTDOWN) && !waiting)
+        zn__conn_shutdown_loop(c);
+    else if (rq & ZN__RQ_SHUTDOWN)
+        c->shut_later = 1;
+}
+
+
+/* The last posted send has been queued: what waited for it. */
+static void
+zn__conn_after_posted(zn_conn_t *c)
+{
+    if (c->shut_later) {
+        c->shut_later = 0;
+        zn__conn_shutdown_loop(c);
+    }
+    if (c->close_later) {
+        c->close_later = 0;
+        zn__conn_close_loop(c, (zn_close_reason_t)c->later_reason, false);
+    }
+}
+
+
+/* The connection's task: everything asked since it was queued, in the
+ * order a connection's life needs. */
+static void
+zn__conn_task(zn_task_node_t *n)
+{
+    zn_conn_t *c = zn__container_of(n, zn_conn_t, task);
+    unsigned rq = atomic_exchange(&c->rq, 0);
+
+    if (rq & ZN__RQ_START)
+        zn__conn_start(c);
+    if (rq & (ZN__RQ_CLOSE | ZN__RQ_ABORT | ZN__RQ_SHUTDOWN))
+        zn__conn_remote_close(c, rq);
+    if (rq & ZN__RQ_FLUSH)
+        zn__conn_flush(c);
+    if ((c->close_later || c->shut_later) && zn__conn_sends_caught_up(c))
+        zn__conn_after_posted(c);
+    if (rq & ZN__RQ_FINISH)
+        zn__conn_finish(c);
+    zn_conn_unref(c);
+}
+
+
+/* Notes how many sends this thread (and every other) had posted when it
+ * asked for a close or a shutdown: the later of the marks wins, so that
+ * each asker's earlier sends are written first. */
+static void
+zn__conn_mark(zn_conn_t *c)
+{
+    uint32_t now = atomic_load(&c->sends_posted);
+    uint32_t old = atomic_load(&c->rq_mark);
+
+    while ((int32_t)(now - old) > 0 &&
+           !atomic_compare_exchange_weak(&c->rq_mark, &old, now))
+        ;
 }
 
 
@@ -553,10 +611,13 @@ zn_conn_close_reason(zn_conn_t *c, zn_close_reason_t reason, bool abortive)
 {
     if ((unsigned)reason >= ZN_CLOSE_REASON_MAX)
         reason = ZN_CLOSE_LOCAL;
-    if (zn_loop_in_thread(c->io.loop))
+    if (zn_loop_in_thread(c->io.loop)) {
         zn__conn_close_loop(c, reason, abortive);
-    else
-        zn__conn_post_close(c, reason, abortive, false);
+        return;
+    }
+    atomic_store(&c->rq_reason, (uint8_t)reason);
+    zn__conn_mark(c);
+    zn__conn_request(c, abortive ? ZN__RQ_ABORT : ZN__RQ_CLOSE);
 }
 
 
@@ -577,14 +638,12 @@ zn_conn_abort(zn_conn_t *c)
 void
 zn_conn_shutdown(zn_conn_t *c)
 {
-    if (!zn_loop_in_thread(c->io.loop)) {
-        zn__conn_post_close(c, ZN_CLOSE_LOCAL, false, true);
+    if (zn_loop_in_thread(c->io.loop)) {
+        zn__conn_shutdown_loop(c);
         return;
     }
-    if (atomic_load(&c->state) != ZN__OPEN || c->shut_wr)
-        return;
-    c->shut_wr = 1;
-    zn__conn_flush(c);
+    zn__conn_mark(c);
+    zn__conn_request(c, ZN__RQ_SHUTDOWN);
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -600,7 +659,7 @@ zn__conn_drained(zn_conn_t *c)
     zn__out_drop(c);
     if (c->shut_wr && !c->shut_done && c->io.fd >= 0) {
         c->shut_done = 1;
-        (void)shutdown(c->io.fd, SHUT_WR);
+        c->g->tp->shutdown(c);
     }
     if (st == ZN__CLOSING) {
         zn__conn_schedule_finish(c);
@@ -624,18 +683,23 @@ zn__conn_drained(zn_conn_t *c)
 static void
 zn__conn_flush(zn_conn_t *c)
 {
+    struct iovec iov;
     ssize_t n;
 
     if (zn__out_len(c) == 0 || c->batching ||
         atomic_load_explicit(&c->state, memory_order_relaxed) == ZN__CLOSED)
         goto done;
-    n = zn_buf_write_fd(c->out, c->io.fd);
+    iov.iov_base = (void *)zn_buf_peek(c->out);
+    iov.iov_len = zn_buf_len(c->out);
+    n = c->g->tp->writev(c, &iov, 1);
     if (n < 0 && n != ZN_EAGAIN) {
         zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
         return;
     }
-    if (n > 0)
+    if (n > 0) {
+        zn_buf_consume(c->out, (size_t)n);
         zn__counter_add(&c->g->stats->bytes_out, (uint64_t)n);
+    }
     if (c->paused_hwm && zn__out_len(c) < c->g->limits->out_low)
         c->paused_hwm = 0;
 done:
@@ -662,28 +726,6 @@ zn__conn_high_water(zn_conn_t *c)
         c->in_cb--;
         zn_conn_unref(c);
     }
-}
-
-
-/* Writes an iovec with sendmsg(MSG_NOSIGNAL): writev() has no flags and
- * would raise SIGPIPE on a reset connection. */
-static ssize_t
-zn__conn_sendmsg(int fd, const struct iovec *iov, int iovcnt)
-{
-    struct msghdr m;
-    ssize_t n;
-
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *)iov;
-    m.msg_iovlen = (size_t)iovcnt;
-    do /* send() for one piece: the kernel then copies no msghdr/iovec */
-        n = iovcnt == 1 ? send(fd, iov->iov_base, iov->iov_len,
-                               MSG_NOSIGNAL | MSG_DONTWAIT)
-                        : sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EWOULDBLOCK ? ZN_EAGAIN : -errno;
-    return n;
 }
 
 
@@ -737,7 +779,7 @@ zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
         (!c->batching ||
          (c->batch_direct && total >= ZN__SEND_DIRECT_MIN))) {
         c->batch_direct = 0;
-        n = zn__conn_sendmsg(c->io.fd, iov, iovcnt);
+        n = c->g->tp->writev(c, iov, iovcnt);
         if (n < 0 && n != ZN_EAGAIN) {
             zn__conn_close_loop(c, ZN_CLOSE_ERROR, true);
             return (int)n;
@@ -772,22 +814,13 @@ zn__conn_send_loop(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 }
 
 
+/* A send from another thread: the task and the copy in one allocation. */
 typedef struct {
+    zn_task_t task;
     zn_conn_t *c;
     size_t len;
     char data[];
 } zn__send_req_t;
-
-
-static void
-zn__conn_flush_task(void *ud)
-{
-    zn_conn_t *c = ud;
-
-    c->flush_posted = 0;
-    zn__conn_flush(c);
-    zn_conn_unref(c);
-}
 
 
 int
@@ -799,18 +832,11 @@ zn__conn_send_deferred(zn_conn_t *c, const void *data, size_t len)
     c->batching = 1;
     rc = zn__conn_send_loop(c, &iov, 1);
     c->batching = 0;
-    if (rc != 0 || c->flush_posted || zn__out_len(c) == 0)
-        return rc;
-    /* A post from the loop's own thread runs in the next batch and costs
-     * no system call; without memory for it, write now. */
-    zn_conn_ref(c);
-    c->flush_posted = 1;
-    if (zn_loop_post(c->io.loop, zn__conn_flush_task, c) != 0) {
-        c->flush_posted = 0;
-        zn_conn_unref(c);
-        zn__conn_flush(c);
-    }
-    return 0;
+    /* The flush rides on the connection's task, in the next batch; a
+     * post from the loop's own thread costs no system call. */
+    if (rc == 0 && zn__out_len(c) > 0)
+        zn__conn_request(c, ZN__RQ_FLUSH);
+    return rc;
 }
 
 
@@ -818,41 +844,49 @@ static void
 zn__conn_send_task(void *ud)
 {
     zn__send_req_t *r = ud;
+    zn_conn_t *c = r->c;
     int rc;
 
-    atomic_fetch_sub(&r->c->posted, r->len);
-    rc = zn__conn_send_deferred(r->c, r->data, r->len);
+    rc = zn__conn_send_deferred(c, r->data, r->len);
     if (rc == ZN_ENOTCONN)
-        zn__counter_add(&r->c->g->stats->sends_dropped, 1);
+        zn__counter_add(&c->g->stats->sends_dropped, 1);
     else if (rc == ZN_ENOMEM) /* the sender was told 0: the peer must learn */
-        zn__conn_close_loop(r->c, ZN_CLOSE_NOMEM, true);
-    zn_conn_unref(r->c);
+        zn__conn_close_loop(c, ZN_CLOSE_NOMEM, true);
+    atomic_fetch_sub(&c->posted, r->len);
+    c->sends_done++;
+    if ((c->close_later || c->shut_later) && zn__conn_sends_caught_up(c))
+        zn__conn_after_posted(c);
     zn__free(r);
+    zn_conn_unref(c);
 }
 
 
 /*
- * From another thread: one allocation holds the task and the copy. Bytes
- * in flight to the loop count against the hard bound too, so a thread that
- * sends faster than the loop writes gets ZN_ENOBUFS instead of growing the
- * task queue without end.
+ * From another thread: one allocation holds the task and the copy, and
+ * posting it cannot fail. Bytes in flight to the loop count against the
+ * hard bound too, so a thread that sends faster than the loop writes gets
+ * ZN_ENOBUFS instead of growing the task queue without end.
  */
 static int
 zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 {
     size_t total = 0, off = 0, hard = c->g->limits->out_hard;
     zn__send_req_t *r;
-    int i, rc;
+    int i;
 
     for (i = 0; i < iovcnt; i++) {
         if (iov[i].iov_len > SIZE_MAX - sizeof(*r) - total)
             return ZN_EINVAL;
         total += iov[i].iov_len;
     }
+    if (total == 0)
+        return 0;
     if (hard > 0 && atomic_fetch_add(&c->posted, total) + total > hard) {
         atomic_fetch_sub(&c->posted, total);
         return ZN_ENOBUFS;
     }
+    if (hard == 0)
+        atomic_fetch_add(&c->posted, total);
     if ((r = zn__malloc(sizeof(*r) + total)) == NULL) {
         atomic_fetch_sub(&c->posted, total);
         return ZN_ENOMEM;
@@ -864,12 +898,10 @@ zn__conn_send_post(zn_conn_t *c, const struct iovec *iov, int iovcnt)
     r->c = c;
     r->len = total;
     zn_conn_ref(c);
-    if ((rc = zn_loop_post(c->io.loop, zn__conn_send_task, r)) != 0) {
-        atomic_fetch_sub(&c->posted, total);
-        zn_conn_unref(c);
-        zn__free(r);
-    }
-    return rc;
+    zn_task_init(&r->task, zn__conn_send_task, r);
+    atomic_fetch_add(&c->sends_posted, 1);
+    (void)zn_loop_post_task(c->io.loop, &r->task);
+    return 0;
 }
 
 
@@ -926,14 +958,12 @@ zn__conn_deliver(zn_conn_t *c, zn_buf_t *in)
 static ssize_t
 zn__conn_read_scratch(zn_conn_t *c, char *scratch)
 {
+    struct iovec iov = {scratch, ZN__SCRATCH_SIZE};
     zn_buf_t tmp;
     ssize_t n;
 
-    do
-        n = recv(c->io.fd, scratch, ZN__SCRATCH_SIZE, 0);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0)
-        return n < 0 ? (errno == EWOULDBLOCK ? ZN_EAGAIN : -errno) : 0;
+    if ((n = c->g->tp->readv(c, &iov, 1)) <= 0)
+        return n;
     zn__counter_add(&c->g->stats->bytes_in, (uint64_t)n);
     zn_buf_init_borrowed(&tmp, scratch, (size_t)n, ZN__SCRATCH_SIZE);
     zn__conn_deliver(c, &tmp);
@@ -958,10 +988,16 @@ zn__conn_read_scratch(zn_conn_t *c, char *scratch)
 static ssize_t
 zn__conn_read_buffered(zn_conn_t *c, char *scratch)
 {
-    ssize_t n = zn_buf_read_fd(c->in, c->io.fd, scratch, ZN__SCRATCH_SIZE);
+    struct iovec iov[2];
+    ssize_t n;
+    int cnt, rc;
 
-    if (n <= 0)
+    if ((cnt = zn_buf_read_begin(c->in, iov, scratch, ZN__SCRATCH_SIZE)) < 0)
+        return cnt;
+    if ((n = c->g->tp->readv(c, iov, cnt)) <= 0)
         return n;
+    if ((rc = zn_buf_read_end(c->in, iov, cnt, (size_t)n)) != 0)
+        return rc;
     zn__counter_add(&c->g->stats->bytes_in, (uint64_t)n);
     zn__conn_deliver(c, c->in);
     if (c->in != NULL && zn_buf_len(c->in) == 0)
@@ -1063,7 +1099,6 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
         zn__conn_flush(c);
     else
         zn__conn_update_io(c);
-    zn__conn_finish_if_pending(c);
     zn_conn_unref(c);
 }
 

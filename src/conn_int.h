@@ -28,7 +28,10 @@ typedef void (*zn__conn_closed_fn)(zn_conn_t *c, void *owner);
  * the handler, the limits, the counters, and who to tell when one closes.
  * One pointer per connection instead of five keeps idle connections small.
  */
+struct zn__transport_s;
+
 typedef struct zn__conn_group_s {
+    const struct zn__transport_s *tp; /* how bytes move (transport.h) */
     const zn_handler_t *h;
     const zn_conn_limits_t *limits;
     zn__conn_stats_t *stats;
@@ -48,6 +51,21 @@ typedef struct {
     uint64_t paused_since;     /* loop ms reading paused at; 0: reading */
 } zn__conn_timer_t;
 
+/*
+ * What the connection's loop is asked to do, by other threads or by
+ * itself for later: bits of `rq`, carried by the connection's one
+ * embedded task, which is queued while any bit is set. Asking costs no
+ * allocation and cannot fail.
+ */
+enum {
+    ZN__RQ_START = 1,     /* run on_connect and start reading (a hand-off) */
+    ZN__RQ_SHUTDOWN = 2,  /* zn_conn_shutdown() from another thread */
+    ZN__RQ_CLOSE = 4,     /* a close from another thread; reason rq_reason */
+    ZN__RQ_ABORT = 8,     /* the same, abortive */
+    ZN__RQ_FLUSH = 16,    /* write what tasks queued */
+    ZN__RQ_FINISH = 32    /* the second step of a close */
+};
+
 struct zn_conn_s {
     _Atomic uint32_t refs;
     _Atomic int state;
@@ -59,30 +77,43 @@ struct zn_conn_s {
     _Atomic(void *) data;
     _Atomic size_t posted;     /* bytes sent from other threads, in flight */
     zn__conn_timer_t *tm;
-    uint16_t in_cb;            /* depth of handler callbacks running */
+    zn_task_node_t task;       /* carries rq to the loop */
+    _Atomic unsigned rq;       /* ZN__RQ_* asked and not yet done */
+    _Atomic uint32_t sends_posted; /* send tasks posted from other threads */
+    _Atomic uint32_t rq_mark;  /* sends_posted when a close/shutdown was
+                                  asked from another thread */
+    uint32_t sends_done;       /* send tasks run (loop thread) */
+    _Atomic uint8_t rq_reason; /* of a close asked from another thread */
     uint8_t reason;            /* zn_close_reason_t once closing */
+    uint8_t later_reason;      /* of a close waiting for posted sends */
+    uint8_t in_cb;             /* depth of handler callbacks running */
     unsigned paused_user : 1;
     unsigned paused_hwm : 1;
     unsigned eof : 1;
-    unsigned shut_wr : 1;      /* shutdown(SHUT_WR) once flushed */
+    unsigned shut_wr : 1;      /* shut the write side once flushed */
     unsigned shut_done : 1;
     unsigned abortive : 1;
-    unsigned finish_posted : 1;
+    unsigned finishing : 1;    /* the finish is asked for */
     unsigned batching : 1;     /* sends wait for the end of on_data */
     unsigned batch_direct : 1; /* the batch may still write one large send */
     unsigned own_group : 1;    /* g was allocated for this connection */
-    unsigned flush_posted : 1; /* a deferred flush is queued on the loop */
-    unsigned finish_pending : 1; /* finish once the callbacks return */
+    unsigned close_later : 1;  /* close once sends_done reaches rq_mark */
+    unsigned shut_later : 1;   /* shut down then */
 };
 
 /*
- * Creates a connection over `fd` on `loop` (the caller's thread) without
- * starting it; zn__conn_start() then runs on_connect and starts reading.
- * The group must outlive the open connection. Returns NULL (fd untouched)
- * if out of memory.
+ * Creates a connection over `fd` for `loop` without starting it; any
+ * thread. Returns NULL (fd untouched) if out of memory. The group must
+ * outlive the open connection. Then one of:
+ *   zn__conn_start()    on the loop's thread: runs on_connect and starts
+ *                       reading, at once;
+ *   zn__conn_handoff()  from another loop's thread (a connection accepted
+ *                       or connected there): the same, through the
+ *                       connection's task, which cannot fail.
  */
 zn_conn_t *zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g);
 void zn__conn_start(zn_conn_t *c);
+void zn__conn_handoff(zn_conn_t *c);
 
 /*
  * On the loop thread, from a posted task: queues the bytes without writing
@@ -95,7 +126,5 @@ int zn__conn_send_deferred(zn_conn_t *c, const void *data, size_t len);
 /* A process-wide fresh connection id (never reused). */
 uint64_t zn__conn_next_id(void);
 
-/* The default counters of a loop, for connections without an owner. */
-zn__conn_stats_t *zn__loop_conn_stats(zn_loop_t *loop);
 
 #endif /* ZNET_CONN_INT_H */

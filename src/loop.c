@@ -1,7 +1,8 @@
 /*
- * loop.c: the event loop. One epoll instance, an eventfd that wakes the
- * loop for tasks posted from other threads, a heap of timers, and the
- * dispatch of io events with protection against stale events.
+ * loop.c: the event loop. A backend that waits for io (backend_epoll.c),
+ * an eventfd that wakes the loop for tasks posted from other threads, an
+ * intrusive queue of those tasks, a heap of timers, and the order of an
+ * iteration's phases.
  */
 #include <errno.h>
 #include <limits.h>
@@ -13,6 +14,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "loop_int.h"
 #include "znet/log.h"
 
@@ -26,8 +28,23 @@ zn__self(void)
 }
 
 
+void
+zn_loop_opts_default(zn_loop_opts_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->max_posted = ZN__MAX_POSTED_DEFAULT;
+}
+
+
 int
 zn_loop_new(zn_loop_t **out)
+{
+    return zn_loop_new_opts(out, NULL);
+}
+
+
+int
+zn_loop_new_opts(zn_loop_t **out, const zn_loop_opts_t *opts)
 {
     zn_loop_t *loop;
     int rc;
@@ -36,25 +53,17 @@ zn_loop_new(zn_loop_t **out)
     if (loop == NULL)
         return ZN_ENOMEM;
     loop->sigfd = -1;
-    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (loop->epfd < 0) {
-        rc = -errno;
+    loop->max_posted = opts != NULL && opts->max_posted > 0
+                           ? opts->max_posted
+                           : ZN__MAX_POSTED_DEFAULT;
+    loop->be = &zn__backend_epoll;
+    if ((rc = loop->be->open(loop)) != 0)
         goto free_loop;
-    }
     loop->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (loop->wakefd < 0) {
         rc = -errno;
-        goto close_epoll;
+        goto close_backend;
     }
-    /* Room for a burst of tasks from the start: posting then allocates
-     * nothing, so answers and closes still travel when memory runs out. */
-    loop->pending.v = zn__malloc(ZN__TASKS_INITIAL * sizeof(zn__task_t));
-    loop->running.v = zn__malloc(ZN__TASKS_INITIAL * sizeof(zn__task_t));
-    if (loop->pending.v == NULL || loop->running.v == NULL) {
-        rc = ZN_ENOMEM;
-        goto free_tasks;
-    }
-    loop->pending.cap = loop->running.cap = ZN__TASKS_INITIAL;
     pthread_mutex_init(&loop->task_mu, NULL);
     atomic_init(&loop->owner, zn__self());
     snprintf(loop->name, sizeof(loop->name), "loop");
@@ -68,13 +77,9 @@ zn_loop_new(zn_loop_t **out)
 
 close_wakefd:
     pthread_mutex_destroy(&loop->task_mu);
-    zn__free(loop->ios);
-free_tasks:
-    zn__free(loop->pending.v);
-    zn__free(loop->running.v);
     zn__close_fd(loop->wakefd);
-close_epoll:
-    zn__close_fd(loop->epfd);
+close_backend:
+    loop->be->close(loop);
 free_loop:
     zn__free(loop);
     return rc;
@@ -82,14 +87,12 @@ free_loop:
 
 
 static void zn__loop_run_tasks(zn_loop_t *loop);
-static void zn__loop_run_tail(zn_loop_t *loop);
 
 
 /*
  * Tasks still queued own resources (a connection reference, a copy of
- * data), and so do requests gathered for a worker pool: they run (or are
- * handed on) here so that those are released, even though the loop will
- * not run again.
+ * data): they run here so that those are released, even though the loop
+ * will not run again.
  */
 void
 zn_loop_free(zn_loop_t *loop)
@@ -97,19 +100,16 @@ zn_loop_free(zn_loop_t *loop)
     if (loop == NULL)
         return;
     atomic_store(&loop->owner, zn__self());
-    while (atomic_load(&loop->npending) > 0 || loop->handoff.head != NULL)
-        zn__loop_run_tail(loop);
+    while (atomic_load(&loop->npending) > 0)
+        zn__loop_run_tasks(loop);
     zn_io_stop(&loop->wake_io);
     if (loop->sigfd >= 0) {
         zn_io_stop(&loop->sig_io);
         zn__close_fd(loop->sigfd);
     }
     zn__close_fd(loop->wakefd);
-    zn__close_fd(loop->epfd);
+    loop->be->close(loop);
     pthread_mutex_destroy(&loop->task_mu);
-    zn__free(loop->pending.v);
-    zn__free(loop->running.v);
-    zn__free(loop->ios);
     zn__free(loop->scratch);
     if (loop->spare_out != NULL) {
         zn_buf_free(loop->spare_out);
@@ -155,13 +155,6 @@ zn_loop_set_name(zn_loop_t *loop, const char *name)
 }
 
 
-zn__conn_stats_t *
-zn__loop_conn_stats(zn_loop_t *loop)
-{
-    return &loop->conn_stats;
-}
-
-
 char *
 zn__loop_scratch(zn_loop_t *loop)
 {
@@ -187,62 +180,42 @@ zn_loop_stats(const zn_loop_t *loop, zn_loop_stats_t *st)
 /* ---- posted tasks ------------------------------------------------------ */
 
 
-/* The end of an iteration: tasks, then what they and the io phase left
- * for the worker pool. */
-static void
-zn__loop_run_tail(zn_loop_t *loop)
-{
-    if (atomic_load(&loop->npending) > 0)
-        zn__loop_run_tasks(loop);
-    if (loop->handoff.head != NULL)
-        loop->handoff.flush(loop);
-}
-
-
-static int
-zn__taskvec_push(zn__taskvec_t *tv, zn_task_cb cb, void *ud)
-{
-    zn__task_t *v;
-    size_t cap;
-
-    if (tv->n == tv->cap) {
-        cap = tv->cap ? tv->cap * 2 : ZN__TASKS_INITIAL;
-        v = zn__realloc(tv->v, cap * sizeof(*v));
-        if (v == NULL)
-            return ZN_ENOMEM;
-        tv->v = v;
-        tv->cap = cap;
-    }
-    tv->v[tv->n].cb = cb;
-    tv->v[tv->n].ud = ud;
-    tv->n++;
-    return 0;
-}
+/* The next link of the last node queued: a node's next is not NULL
+ * while it is queued, which is how a second post of it is refused. */
+#define ZN__TASK_END ((zn_task_node_t *)&zn__task_end)
+static const char zn__task_end;
 
 
 /*
- * The queue, not the eventfd counter, carries the work: a post appends
- * under the mutex and writes the eventfd only if no wake-up is already
- * due, so a burst of posts costs one write and one read. A post from the
- * loop's own thread never writes: the loop checks `npending` before it
- * sleeps.
+ * The queue, not the eventfd counter, carries the work: a post links the
+ * node under the mutex and writes the eventfd only if no wake-up is
+ * already due, so a burst of posts costs one write and one read. A post
+ * from the loop's own thread never writes: the loop checks `npending`
+ * before it sleeps. The node is its owner's: nothing is allocated, so a
+ * post cannot fail for want of memory.
  */
 int
-zn_loop_post(zn_loop_t *loop, zn_task_cb cb, void *ud)
+zn__loop_post_node(zn_loop_t *loop, zn_task_node_t *n)
 {
     static const uint64_t one = 1;
     bool wake = false;
-    int rc;
 
     pthread_mutex_lock(&loop->task_mu);
-    rc = zn__taskvec_push(&loop->pending, cb, ud);
-    if (rc == 0) {
-        atomic_fetch_add(&loop->npending, 1);
-        zn__counter_add(&loop->st.tasks_posted, 1);
-        if (!loop->wake_pending && !zn_loop_in_thread(loop)) {
-            loop->wake_pending = true;
-            wake = true;
-        }
+    if (__atomic_load_n(&n->next, __ATOMIC_ACQUIRE) != NULL) {
+        pthread_mutex_unlock(&loop->task_mu);
+        return ZN_EBUSY;
+    }
+    __atomic_store_n(&n->next, ZN__TASK_END, __ATOMIC_RELAXED);
+    if (loop->tail != NULL)
+        __atomic_store_n(&loop->tail->next, n, __ATOMIC_RELAXED);
+    else
+        loop->head = n;
+    loop->tail = n;
+    atomic_fetch_add(&loop->npending, 1);
+    zn__counter_add(&loop->st.tasks_posted, 1);
+    if (!loop->wake_pending && !zn_loop_in_thread(loop)) {
+        loop->wake_pending = true;
+        wake = true;
     }
     pthread_mutex_unlock(&loop->task_mu);
     if (wake) {
@@ -252,33 +225,105 @@ zn_loop_post(zn_loop_t *loop, zn_task_cb cb, void *ud)
                       strerror(errno));
         atomic_fetch_add_explicit(&loop->st.wakeups, 1, memory_order_relaxed);
     }
-    return rc;
+    return 0;
+}
+
+
+static void
+zn__task_run(zn_task_node_t *n)
+{
+    zn_task_t *t = zn__container_of(n, zn_task_t, node);
+
+    t->cb(t->ud);
+}
+
+
+void
+zn_task_init(zn_task_t *t, zn_task_cb cb, void *ud)
+{
+    t->node.next = NULL;
+    t->node.fn = zn__task_run;
+    t->cb = cb;
+    t->ud = ud;
+}
+
+
+int
+zn_loop_post_task(zn_loop_t *loop, zn_task_t *t)
+{
+    return zn__loop_post_node(loop, &t->node);
+}
+
+
+/* zn_loop_post()'s task: the node and the call in one allocation. */
+typedef struct {
+    zn_task_t t;
+    zn_loop_t *loop;
+    zn_task_cb cb;
+    void *ud;
+} zn__posted_t;
+
+
+static void
+zn__posted_run(void *ud)
+{
+    zn__posted_t *p = ud;
+    zn_task_cb cb = p->cb;
+    void *arg = p->ud;
+
+    atomic_fetch_sub(&p->loop->nalloc, 1);
+    zn__free(p);
+    cb(arg);
+}
+
+
+/* Bounded: a thread that posts faster than the loop runs is refused
+ * rather than let the queue, and the memory behind it, grow. */
+int
+zn_loop_post(zn_loop_t *loop, zn_task_cb cb, void *ud)
+{
+    zn__posted_t *p;
+
+    if (atomic_fetch_add(&loop->nalloc, 1) >= loop->max_posted) {
+        atomic_fetch_sub(&loop->nalloc, 1);
+        return ZN_ENOBUFS;
+    }
+    if ((p = zn__malloc(sizeof(*p))) == NULL) {
+        atomic_fetch_sub(&loop->nalloc, 1);
+        return ZN_ENOMEM;
+    }
+    p->loop = loop;
+    p->cb = cb;
+    p->ud = ud;
+    zn_task_init(&p->t, zn__posted_run, p);
+    return zn_loop_post_task(loop, &p->t);
 }
 
 
 /*
- * Runs one batch: the tasks posted before the swap. Tasks posted while the
- * batch runs wait for the next iteration, so a task that posts itself
- * cannot starve io.
+ * Runs one batch: the tasks posted before it started. Tasks posted while
+ * the batch runs wait for the next iteration, so a task that posts itself
+ * cannot starve io. A task is marked unqueued before it runs, so that it
+ * may post itself again (or be freed by its callback).
  */
 static void
 zn__loop_run_tasks(zn_loop_t *loop)
 {
-    zn__taskvec_t tv;
-    size_t i;
+    zn_task_node_t *t, *next;
+    size_t n = 0;
 
     pthread_mutex_lock(&loop->task_mu);
-    tv = loop->pending;
-    loop->pending = loop->running;
-    loop->pending.n = 0;
-    loop->running = tv;
+    t = loop->head;
+    loop->head = loop->tail = NULL;
     loop->wake_pending = false;
-    atomic_fetch_sub(&loop->npending, tv.n);
     pthread_mutex_unlock(&loop->task_mu);
-    for (i = 0; i < tv.n; i++)
-        tv.v[i].cb(tv.v[i].ud);
-    zn__counter_add(&loop->st.tasks_run, tv.n);
-    loop->running.n = 0;
+    for (; t != NULL && t != ZN__TASK_END; t = next, n++) {
+        next = __atomic_load_n(&t->next, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->next, NULL, __ATOMIC_RELEASE);
+        atomic_fetch_sub(&loop->npending, 1);
+        t->fn(t);
+    }
+    zn__counter_add(&loop->st.tasks_run, n);
 }
 
 
@@ -323,85 +368,39 @@ zn_io_init(zn_loop_t *loop, zn_io_t *io, int fd, zn_io_cb cb, void *ud)
 }
 
 
-static int
-zn__loop_grow_ios(zn_loop_t *loop, int fd)
-{
-    size_t n = loop->nios ? loop->nios : 64;
-    zn_io_t **v;
-
-    while (n <= (size_t)fd)
-        n *= 2;
-    v = zn__realloc(loop->ios, n * sizeof(*v));
-    if (v == NULL)
-        return ZN_ENOMEM;
-    memset(v + loop->nios, 0, (n - loop->nios) * sizeof(*v));
-    loop->ios = v;
-    loop->nios = n;
-    return 0;
-}
-
-
-static uint32_t
-zn__epoll_bits(unsigned events)
-{
-    return ((events & ZN_READABLE) ? EPOLLIN | EPOLLRDHUP : 0) |
-           ((events & ZN_WRITABLE) ? EPOLLOUT : 0);
-}
-
-
 int
 zn_io_start(zn_io_t *io, unsigned events)
 {
     zn_loop_t *loop = io->loop;
-    struct epoll_event ev;
-    int rc, op;
+    bool was_active = io->slot >= 0;
+    int rc;
 
     events &= ZN_READABLE | ZN_WRITABLE;
     if (events == 0) {
         zn_io_stop(io);
         return 0;
     }
-    if (io->slot >= 0 && io->armed == events)
+    if (was_active && io->armed == events)
         return 0;
-    if (io->slot < 0 && (size_t)io->fd >= loop->nios &&
-        (rc = zn__loop_grow_ios(loop, io->fd)) != 0)
+    if ((rc = loop->be->watch(loop, io, events)) != 0)
         return rc;
-    memset(&ev, 0, sizeof(ev));
-    ev.events = zn__epoll_bits(events);
-    ev.data.fd = io->fd;
-    op = io->slot < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
-    if (epoll_ctl(loop->epfd, op, io->fd, &ev) < 0)
-        return -errno;
-    if (io->slot < 0) {
-        io->slot = io->fd;
-        loop->ios[io->fd] = io;
+    if (!was_active)
         zn__counter_add(&loop->st.io_active, 1);
-    }
     io->events = io->armed = events;
     return 0;
 }
 
 
-/*
- * Besides removing the fd from epoll, invalidates the events for it that
- * the current batch has not dispatched yet: the fd may be closed and its
- * number reused by a new socket before the batch ends, and those events
- * belong to the old one.
- */
+/* The backend also forgets the events for it that the current batch has
+ * not dispatched yet (see backend.h). */
 void
 zn_io_stop(zn_io_t *io)
 {
     zn_loop_t *loop = io->loop;
-    int i;
 
     if (io->slot < 0)
         return;
-    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
-    loop->ios[io->slot] = NULL;
-    for (i = loop->batch_pos; i < loop->batch_len; i++)
-        if (loop->batch[i].data.fd == io->fd)
-            loop->batch[i].data.fd = -1;
-    io->slot = -1;
+    loop->be->unwatch(loop, io);
     io->events = io->armed = 0;
     atomic_store_explicit(&loop->st.io_active,
                           zn__counter_get(&loop->st.io_active) - 1,
@@ -409,53 +408,15 @@ zn_io_stop(zn_io_t *io)
 }
 
 
-static unsigned
-zn__events_from_epoll(uint32_t e)
+/* A watcher gets only the events it asked for, plus hang-up and error. */
+int
+zn__loop_io_ready(zn_io_t *io, unsigned ev)
 {
-    unsigned ev = 0;
-
-    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        ev |= ZN_READABLE;
-    if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-        ev |= ZN_WRITABLE;
-    if (e & (EPOLLHUP | EPOLLRDHUP))
-        ev |= ZN_HANGUP;
-    if (e & EPOLLERR)
-        ev |= ZN_ERROR_EV;
-    return ev;
-}
-
-
-/*
- * Dispatches one batch of epoll events. A watcher gets only the events it
- * asked for (plus hang-up and error bits); an event whose fd was stopped
- * earlier in the batch has been set to -1 by zn_io_stop().
- */
-static int
-zn__loop_dispatch(zn_loop_t *loop, struct epoll_event *evs, int n)
-{
-    unsigned ev;
-    zn_io_t *io;
-    int fd, ran = 0;
-
-    loop->batch = evs;
-    loop->batch_len = n;
-    for (loop->batch_pos = 0; loop->batch_pos < n;) {
-        fd = evs[loop->batch_pos].data.fd;
-        ev = zn__events_from_epoll(evs[loop->batch_pos].events);
-        loop->batch_pos++;
-        if (fd < 0 || (size_t)fd >= loop->nios || (io = loop->ios[fd]) == NULL)
-            continue;
-        ev &= io->events | ZN_HANGUP | ZN_ERROR_EV;
-        if ((ev & (ZN_READABLE | ZN_WRITABLE)) == 0 && !(ev & ZN_ERROR_EV))
-            continue;
-        io->cb(io, ev, io->ud);
-        ran++;
-    }
-    loop->batch = NULL;
-    loop->batch_len = loop->batch_pos = 0;
-    zn__counter_add(&loop->st.io_events, (uint64_t)ran);
-    return ran;
+    ev &= io->events | ZN_HANGUP | ZN_ERROR_EV;
+    if ((ev & (ZN_READABLE | ZN_WRITABLE)) == 0 && !(ev & ZN_ERROR_EV))
+        return 0;
+    io->cb(io, ev, io->ud);
+    return 1;
 }
 
 /* ---- timers ------------------------------------------------------------ */
@@ -562,12 +523,12 @@ zn__loop_timeout(zn_loop_t *loop, int max_ms)
 
 /*
  * One iteration, as a list of phases: timers that are due, a wait for io
- * bounded by the next timer, the io callbacks, the posted tasks.
+ * bounded by the next timer and the io callbacks (the backend's poll),
+ * the posted tasks.
  */
 int
 zn_loop_run_once(zn_loop_t *loop, int timeout_ms)
 {
-    struct epoll_event evs[ZN__MAX_EVENTS];
     int n, ran;
 
     /* Outside zn_loop_run() the loop belongs to whoever runs it. */
@@ -576,18 +537,16 @@ zn_loop_run_once(zn_loop_t *loop, int timeout_ms)
     loop->in_iteration = true;
     loop->now = zn_now_ms();
     ran = zn__loop_run_timers(loop);
-    n = epoll_wait(loop->epfd, evs, ZN__MAX_EVENTS,
-                   zn__loop_timeout(loop, ran > 0 ? 0 : timeout_ms));
+    n = loop->be->poll(loop, zn__loop_timeout(loop, ran > 0 ? 0 : timeout_ms));
     zn__counter_add(&loop->st.iterations, 1);
-    if (n < 0 && errno != EINTR) {
+    if (n < 0) {
         loop->in_iteration = false;
-        return -errno;
+        return n;
     }
-    loop->now = zn_now_ms();
-    if (n > 0)
-        ran += zn__loop_dispatch(loop, evs, n);
-    ran += (int)atomic_load(&loop->npending);
-    zn__loop_run_tail(loop);
+    zn__counter_add(&loop->st.io_events, (uint64_t)n);
+    ran += n + (int)atomic_load(&loop->npending);
+    if (atomic_load(&loop->npending) > 0)
+        zn__loop_run_tasks(loop);
     loop->in_iteration = false;
     return ran;
 }
@@ -607,7 +566,8 @@ zn_loop_run(zn_loop_t *loop)
             break;
         rc = 0;
     }
-    zn__loop_run_tail(loop);
+    if (atomic_load(&loop->npending) > 0)
+        zn__loop_run_tasks(loop);
     atomic_store(&loop->stop, 0);
     atomic_store(&loop->running_flag, 0);
     return rc;

@@ -7,60 +7,33 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <sys/epoll.h>
 
-#include "conn_int.h"
 #include "heap.h"
 #include "internal.h"
+#include "znet/buf.h"
 #include "znet/loop.h"
 
 #define ZN__SCRATCH_SIZE (64 * 1024)
-#define ZN__MAX_EVENTS 1024
-#define ZN__TASKS_INITIAL 64
+#define ZN__MAX_POSTED_DEFAULT 65536
 
-typedef struct {
-    zn_task_cb cb;
-    void *ud;
-} zn__task_t;
-
-typedef struct {
-    zn__task_t *v;
-    size_t n;
-    size_t cap;
-} zn__taskvec_t;
-
-/*
- * Requests that the message layer gathers during an iteration for its
- * worker pool, handed on in one go (one lock, one wake-up) once the
- * iteration's io and tasks have run. Opaque to the loop, which only calls
- * `flush` while `head` is set. Loop thread only.
- */
-typedef struct {
-    void *head, *tail;
-    void (*flush)(zn_loop_t *loop);
-} zn__loop_handoff_t;
+struct zn__backend_s;
 
 struct zn_loop_s {
-    int epfd;
+    const struct zn__backend_s *be;
+    void *be_data;              /* the backend's state */
     int wakefd;                 /* eventfd */
     zn_io_t wake_io;
-    zn_io_t **ios;              /* started watchers, by fd */
-    size_t nios;
-    struct epoll_event *batch;  /* the events being dispatched */
-    int batch_len;
-    int batch_pos;
     zn__heap_t timers;
     uint64_t timer_order;
     uint64_t now;
     bool in_iteration;          /* inside zn_loop_run_once(): `now` holds */
-    bool in_timers;
-    uint64_t timers_phase_order;
 
     pthread_mutex_t task_mu;
-    zn__taskvec_t pending;      /* posted, under task_mu */
-    zn__taskvec_t running;      /* being run, loop thread only */
+    zn_task_node_t *head, *tail; /* posted, under task_mu */
     bool wake_pending;          /* under task_mu: an eventfd write is due */
-    _Atomic size_t npending;
+    _Atomic size_t npending;    /* tasks posted and not yet run */
+    _Atomic size_t nalloc;      /* of them, zn_loop_post()'s own */
+    size_t max_posted;          /* bound of nalloc */
 
     _Atomic int stop;
     _Atomic int running_flag;
@@ -71,8 +44,7 @@ struct zn_loop_s {
     zn_signal_cb sig_cb;
     void *sig_ud;
 
-    zn__loop_handoff_t handoff;
-    zn__conn_stats_t conn_stats; /* for adopted connections */
+    /* What the loop's connections share, one thread at a time. */
     char *scratch;              /* ZN__SCRATCH_SIZE bytes for reads */
     zn_buf_t *spare_out;        /* an empty output buffer kept for the
                                    next connection that needs one */
@@ -84,6 +56,14 @@ struct zn_loop_s {
         _Atomic uint64_t timers_active, io_active;
     } st;
 };
+
+/*
+ * Queues a bare task node: fn(n) runs once on the loop's thread, in
+ * posting order with every other task. Any thread; allocates nothing.
+ * Returns 0, or ZN_EBUSY if n is queued already. The node's owner finds
+ * itself with zn__container_of().
+ */
+int zn__loop_post_node(zn_loop_t *loop, zn_task_node_t *n);
 
 /* The loop's 64 KiB read scratch area (allocated on first use), or NULL
  * if the allocation failed. Loop thread only. */

@@ -16,20 +16,25 @@
 #include "conn_int.h"
 #include "idmap.h"
 #include "loop_int.h"
+#include "pool_int.h"
 #include "sockutil.h"
+#include "transport.h"
 #include "znet/log.h"
 #include "znet/server.h"
 
 #define ZN__EMFILE_BACKOFF_MAX_MS 1000
 
+/* The server's part of one loop: its connections' group and counters,
+ * and what a stop needs there. */
 typedef struct zn__ioctx_s {
     zn_server_t *srv;
     zn_loop_t *loop;
-    pthread_t thread;
-    bool thread_started;
+    unsigned index;          /* in the pool; the main loop's is unused */
     zn__conn_stats_t stats;
     zn__conn_group_t grp;    /* what this loop's connections share */
     _Atomic unsigned nconns;
+    zn_task_t drain_task;    /* the stop, carried to an IO loop */
+    zn_task_t unlisten_task; /* zn_server_stop_accepting, likewise */
     zn_timer_t drain_timer;
     uint64_t drain_deadline;
     bool aborted;
@@ -51,7 +56,8 @@ struct zn_server_s {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     zn__ioctx_t main_ctx;
-    zn__ioctx_t *io;
+    zn_loop_pool_t *pool;    /* the IO loops, io_threads > 0 */
+    zn__ioctx_t *io;         /* one per IO loop */
     unsigned nio;
     zn__listener_t *ls;
     unsigned nls;
@@ -74,6 +80,8 @@ static void zn__listener_resume(zn_timer_t *t, void *ud);
 
 
 static void zn__server_conn_closed(zn_conn_t *c, void *owner);
+static void zn__ctx_drain_task(void *ud);
+static void zn__ctx_unlisten_task(void *ud);
 
 
 static void
@@ -81,6 +89,9 @@ zn__ioctx_init(zn_server_t *s, zn__ioctx_t *ctx, zn_loop_t *loop)
 {
     ctx->srv = s;
     ctx->loop = loop;
+    zn_task_init(&ctx->drain_task, zn__ctx_drain_task, ctx);
+    zn_task_init(&ctx->unlisten_task, zn__ctx_unlisten_task, ctx);
+    ctx->grp.tp = &zn__transport_socket;
     ctx->grp.h = &s->o.handler;
     ctx->grp.limits = &s->o.limits;
     ctx->grp.stats = &ctx->stats;
@@ -167,7 +178,7 @@ zn_server_loop(const zn_server_t *s, unsigned i)
 {
     if (s->nio == 0)
         return i == 0 ? s->main : NULL;
-    return i < s->nio ? s->io[i].loop : NULL;
+    return zn_loop_pool_get(s->pool, i);
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -184,52 +195,6 @@ zn__server_conn_closed(zn_conn_t *c, void *owner)
     pthread_mutex_unlock(&s->mu);
     atomic_fetch_sub(&ctx->nconns, 1);
     atomic_fetch_sub(&s->live, 1);
-}
-
-
-/* Opens an accepted socket on the loop of `ctx` (its thread). */
-static void
-zn__server_open(zn__ioctx_t *ctx, int fd)
-{
-    zn_server_t *s = ctx->srv;
-    zn_conn_t *c;
-    int rc;
-
-    c = zn__conn_new(ctx->loop, fd, &ctx->grp);
-    if (c != NULL) {
-        pthread_mutex_lock(&s->mu);
-        rc = zn__idmap_put(&s->map, c->id, c);
-        pthread_mutex_unlock(&s->mu);
-        if (rc != 0) {
-            zn_conn_unref(c); /* never started: frees it, fd untouched */
-            c = NULL;
-        }
-    }
-    if (c == NULL) {
-        ZN_LOG_RL(ZN_LOG_ERROR, 1, "server: out of memory for a connection");
-        zn__close_fd(fd);
-        atomic_fetch_sub(&ctx->nconns, 1);
-        atomic_fetch_sub(&s->live, 1);
-        return;
-    }
-    zn__counter_add(&ctx->stats.accepted, 1);
-    zn__conn_start(c);
-}
-
-
-typedef struct {
-    zn__ioctx_t *ctx;
-    int fd;
-} zn__handoff_t;
-
-
-static void
-zn__server_handoff_task(void *ud)
-{
-    zn__handoff_t *h = ud;
-
-    zn__server_open(h->ctx, h->fd);
-    zn__free(h);
 }
 
 
@@ -253,34 +218,42 @@ zn__server_pick(zn_server_t *s)
 }
 
 
-/* A connection accepted by the main loop goes to an IO loop through that
- * loop's task queue and eventfd, and lives there for good. */
+/*
+ * Makes the connection for an accepted socket on the accepting thread and
+ * starts it on its loop: at once if that is this loop, else through the
+ * connection's own task (the hand-off to an IO loop, which allocates
+ * nothing more and cannot fail). It lives on that loop for good.
+ */
 static void
 zn__server_dispatch(zn__listener_t *l, int fd)
 {
     zn_server_t *s = l->srv;
     zn__ioctx_t *ctx = l->ctx;
-    zn__handoff_t *h;
+    zn_conn_t *c;
+    int rc = ZN_ENOMEM;
 
     if (s->nio > 0 && ctx == &s->main_ctx)
         ctx = zn__server_pick(s);
     atomic_fetch_add(&ctx->nconns, 1);
-    if (ctx->loop == l->ctx->loop) {
-        zn__server_open(ctx, fd);
+    if ((c = zn__conn_new(ctx->loop, fd, &ctx->grp)) != NULL) {
+        pthread_mutex_lock(&s->mu);
+        rc = zn__idmap_put(&s->map, c->id, c);
+        pthread_mutex_unlock(&s->mu);
+        if (rc != 0)
+            zn_conn_unref(c); /* never started: frees it, fd untouched */
+    }
+    if (rc != 0) {
+        ZN_LOG_RL(ZN_LOG_ERROR, 1, "server: out of memory for a connection");
+        zn__close_fd(fd);
+        atomic_fetch_sub(&ctx->nconns, 1);
+        atomic_fetch_sub(&s->live, 1);
         return;
     }
-    h = zn__malloc(sizeof(*h));
-    if (h != NULL) {
-        h->ctx = ctx;
-        h->fd = fd;
-        if (zn_loop_post(ctx->loop, zn__server_handoff_task, h) == 0)
-            return;
-        zn__free(h);
-    }
-    ZN_LOG_RL(ZN_LOG_ERROR, 1, "server: out of memory handing off a conn");
-    zn__close_fd(fd);
-    atomic_fetch_sub(&ctx->nconns, 1);
-    atomic_fetch_sub(&s->live, 1);
+    zn__counter_add(&l->ctx->stats.accepted, 1);
+    if (ctx == l->ctx)
+        zn__conn_start(c);
+    else
+        zn__conn_handoff(c);
 }
 
 /* ---- accepting --------------------------------------------------------- */
@@ -459,34 +432,24 @@ zn__server_listen(zn_server_t *s)
 }
 
 
-static void *
-zn__server_thread(void *arg)
-{
-    zn__ioctx_t *ctx = arg;
-
-    (void)zn_loop_run(ctx->loop);
-    return NULL;
-}
-
-
+/* The IO loops and their contexts; their threads start later, once the
+ * listeners are set up on them. */
 static int
 zn__server_make_loops(zn_server_t *s)
 {
     unsigned i;
-    char name[32];
     int rc;
 
     if (s->o.io_threads == 0)
         return 0;
     if ((s->io = zn__calloc(s->o.io_threads, sizeof(*s->io))) == NULL)
         return ZN_ENOMEM;
+    if ((rc = zn__loop_pool_create(s->o.io_threads, "io", &s->pool)) != 0)
+        return rc;
     s->nio = s->o.io_threads; /* only now: zn__server_release() walks io */
     for (i = 0; i < s->nio; i++) {
-        if ((rc = zn_loop_new(&s->io[i].loop)) != 0)
-            return rc;
-        zn__ioctx_init(s, &s->io[i], s->io[i].loop);
-        snprintf(name, sizeof(name), "io-%u", i);
-        zn_loop_set_name(s->io[i].loop, name);
+        zn__ioctx_init(s, &s->io[i], zn_loop_pool_get(s->pool, i));
+        s->io[i].index = i;
     }
     return 0;
 }
@@ -498,27 +461,29 @@ static void zn__server_release(zn_server_t *s);
 int
 zn_server_start(zn_server_t *s)
 {
-    unsigned i;
     int rc;
 
     if (s->started)
         return ZN_EALREADY;
     if ((rc = zn__server_make_loops(s)) != 0 ||
-        (rc = zn__server_listen(s)) != 0)
+        (rc = zn__server_listen(s)) != 0 ||
+        (s->pool != NULL && (rc = zn__loop_pool_run(s->pool)) != 0))
         goto fail;
-    for (i = 0; i < s->nio; i++) {
-        rc = zn__thread_start(&s->io[i].thread, zn__server_thread,
-                              &s->io[i]);
-        if (rc != 0)
-            goto fail;
-        s->io[i].thread_started = true;
-    }
     s->started = true;
     return 0;
 
 fail:
     zn__server_release(s);
     return rc;
+}
+
+
+/* True while the IO loop of ctx runs on its thread. */
+static bool
+zn__ctx_running(const zn_server_t *s, const zn__ioctx_t *ctx)
+{
+    return ctx != &s->main_ctx && s->pool != NULL &&
+           zn__loop_pool_running(s->pool, ctx->index);
 }
 
 /* ---- lookup and stats -------------------------------------------------- */
@@ -716,16 +681,15 @@ zn_server_stop_accepting(zn_server_t *s)
     unsigned i;
 
     for (i = 0; i < s->nls; i++)
-        if (s->ls[i].ctx == &s->main_ctx || !s->ls[i].ctx->thread_started)
+        if (!zn__ctx_running(s, s->ls[i].ctx))
             zn__listener_close(&s->ls[i]);
     if (!s->o.reuseport || s->nio == 0)
         return;
     pthread_mutex_lock(&s->stop_mu);
     s->closing = 0;
     for (i = 0; i < s->nio; i++)
-        if (s->io[i].thread_started &&
-            zn_loop_post(s->io[i].loop, zn__ctx_unlisten_task,
-                         &s->io[i]) == 0)
+        if (zn__ctx_running(s, &s->io[i]) &&
+            zn_loop_post_task(s->io[i].loop, &s->io[i].unlisten_task) == 0)
             s->closing++;
     while (s->closing > 0)
         pthread_cond_wait(&s->stop_cv, &s->stop_mu);
@@ -742,12 +706,8 @@ zn__server_join(zn_server_t *s)
 {
     unsigned i;
 
-    for (i = 0; i < s->nio; i++)
-        if (s->io[i].thread_started) {
-            zn_loop_stop(s->io[i].loop);
-            pthread_join(s->io[i].thread, NULL);
-            s->io[i].thread_started = false;
-        }
+    if (s->pool != NULL)
+        zn_loop_pool_stop(s->pool);
     /* No IO thread runs now: their listeners can be closed from here. */
     for (i = 0; i < s->nls; i++)
         zn__listener_close(&s->ls[i]);
@@ -759,14 +719,11 @@ zn__server_join(zn_server_t *s)
 static void
 zn__server_release(zn_server_t *s)
 {
-    unsigned i;
-
     zn__server_join(s);
-    for (i = 0; i < s->nio; i++)
-        if (s->io[i].loop != NULL)
-            zn_loop_free(s->io[i].loop);
+    zn_loop_pool_free(s->pool);
     zn__free(s->ls);
     zn__free(s->io);
+    s->pool = NULL;
     s->ls = NULL;
     s->io = NULL;
     s->nls = s->nio = 0;
@@ -785,14 +742,11 @@ zn_server_stop(zn_server_t *s, uint64_t drain_ms)
     for (i = 0; i < s->nio; i++) {
         s->io[i].aborted = drain_ms == 0;
         s->io[i].drain_deadline = zn_now_ms() + drain_ms;
-        if (zn_loop_post(s->io[i].loop, zn__ctx_drain_task, &s->io[i]) != 0)
-            zn_loop_stop(s->io[i].loop); /* cannot drain: just stop */
+        (void)zn_loop_post_task(s->io[i].loop, &s->io[i].drain_task);
     }
-    for (i = 0; i < s->nio; i++)
-        if (s->io[i].thread_started) {
-            pthread_join(s->io[i].thread, NULL);
-            s->io[i].thread_started = false;
-        }
+    /* Each IO loop stops itself once drained. */
+    if (s->pool != NULL)
+        zn__loop_pool_join(s->pool);
     zn__server_drain_main(s, drain_ms);
     zn__server_join(s);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -496,6 +497,42 @@ sizes_that_would_overflow_are_refused(void **state)
 }
 
 
+/*
+ * A read of a socket through zn_buf_read_begin() and zn_buf_read_end(),
+ * as a connection's transport makes it: one readv() into the pieces.
+ */
+static ssize_t
+read_fd(zn_buf_t *b, int fd, char *extra, size_t extra_len)
+{
+    struct iovec iov[2];
+    ssize_t n;
+    int cnt, rc;
+
+    if ((cnt = zn_buf_read_begin(b, iov, extra, extra_len)) < 0)
+        return cnt;
+    if ((n = readv(fd, iov, cnt)) < 0)
+        return errno == EAGAIN ? ZN_EAGAIN : -errno;
+    if ((rc = zn_buf_read_end(b, iov, cnt, (size_t)n)) != 0)
+        return rc;
+    return n;
+}
+
+
+/* A write of the readable bytes, consumed as far as written. */
+static ssize_t
+write_fd(zn_buf_t *b, int fd)
+{
+    ssize_t n;
+
+    if (zn_buf_len(b) == 0)
+        return 0;
+    if ((n = send(fd, zn_buf_peek(b), zn_buf_len(b), MSG_NOSIGNAL)) < 0)
+        return errno == EAGAIN ? ZN_EAGAIN : -errno;
+    zn_buf_consume(b, (size_t)n);
+    return n;
+}
+
+
 static void
 read_fd_reads_into_free_space(void **state)
 {
@@ -509,7 +546,7 @@ read_fd_reads_into_free_space(void **state)
     assert_int_equal(zn_buf_reserve(&b, 100), 0);
     data = b.data;
     send_pat(sv[1], 50, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 50);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 50);
     assert_ptr_equal(b.data, data);
     check_pat(zn_buf_peek(&b), 50, 0);
     zn_buf_free(&b);
@@ -528,8 +565,8 @@ read_fd_eof_returns_zero(void **state)
     zn_buf_init(&b);
     send_pat(sv[1], 5, 0);
     assert_int_equal(shutdown(sv[1], SHUT_WR), 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 5);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 0);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 5);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 0);
     assert_int_equal(zn_buf_len(&b), 5);
     zn_buf_free(&b);
     close_pair(sv);
@@ -545,7 +582,7 @@ read_fd_eagain(void **state)
 
     make_pair(sv);
     zn_buf_init(&b);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)),
                      ZN_EAGAIN);
     assert_int_equal(zn_buf_len(&b), 0);
     assert_null(b.data);
@@ -561,7 +598,7 @@ read_fd_bad_fd(void **state)
     char extra[64];
 
     zn_buf_init(&b);
-    assert_int_equal(zn_buf_read_fd(&b, -1, extra, sizeof(extra)), ZN_EBADF);
+    assert_int_equal(read_fd(&b, -1, extra, sizeof(extra)), ZN_EBADF);
     zn_buf_free(&b);
 }
 
@@ -581,7 +618,7 @@ read_fd_spills_into_extra(void **state)
     zn_buf_commit(&b, 3);
     assert_true(zn_buf_writable(&b) < 10000);
     send_pat(sv[1], 10000, 3);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 10000);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 10000);
     assert_int_equal(zn_buf_len(&b), 10003);
     check_pat(zn_buf_peek(&b), 10003, 0);
     zn_buf_free(&b);
@@ -589,7 +626,7 @@ read_fd_spills_into_extra(void **state)
     /* A buffer with no storage allocates only what arrived. */
     zn_buf_init(&b);
     send_pat(sv[1], 1000, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 1000);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 1000);
     assert_int_equal(b.cap, 1000);
     check_pat(zn_buf_peek(&b), 1000, 0);
     zn_buf_free(&b);
@@ -611,7 +648,7 @@ read_fd_skips_extra_when_tail_is_larger(void **state)
     cap = b.cap;
     tail = zn_buf_writable(&b);
     send_pat(sv[1], 20000, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)),
                      (ssize_t)tail);
     assert_int_equal(b.cap, cap);
     check_pat(zn_buf_peek(&b), tail, 0);
@@ -631,7 +668,7 @@ read_fd_without_extra(void **state)
     make_pair(sv);
     zn_buf_init(&b);
     send_pat(sv[1], 20000, 0);
-    while ((n = zn_buf_read_fd(&b, sv[0], NULL, 0)) > 0)
+    while ((n = read_fd(&b, sv[0], NULL, 0)) > 0)
         got += (size_t)n;
     assert_int_equal(n, ZN_EAGAIN);
     assert_int_equal(got, 20000);
@@ -653,16 +690,16 @@ read_fd_at_cap(void **state)
     zn_buf_init(&b);
     zn_buf_set_max(&b, 100);
     send_pat(sv[1], 300, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 100);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 100);
     assert_true(b.cap <= 100);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)),
                      ZN_ENOBUFS);
     assert_int_equal(zn_buf_len(&b), 100);
     check_pat(zn_buf_peek(&b), 100, 0);
 
     /* Consuming 40 lets exactly 40 more in; the rest stays in the socket. */
     zn_buf_consume(&b, 40);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 40);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 40);
     check_pat(zn_buf_peek(&b), 100, 40);
     assert_int_equal(recv(sv[0], rest, sizeof(rest), 0), 160);
     check_pat(rest, 160, 140);
@@ -680,10 +717,10 @@ write_fd_sends_and_consumes(void **state)
 
     make_pair(sv);
     zn_buf_init(&b);
-    assert_int_equal(zn_buf_write_fd(&b, -1), 0);
+    assert_int_equal(write_fd(&b, -1), 0);
     assert_int_equal(zn_buf_append(&b, "ping pong", 9), 0);
     zn_buf_consume(&b, 5);
-    assert_int_equal(zn_buf_write_fd(&b, sv[0]), 4);
+    assert_int_equal(write_fd(&b, sv[0]), 4);
     assert_int_equal(zn_buf_len(&b), 0);
     assert_int_equal(recv(sv[1], out, sizeof(out), 0), 4);
     assert_memory_equal(out, "pong", 4);
@@ -706,7 +743,7 @@ write_fd_partial_then_eagain(void **state)
     zn_buf_init(&b);
     fill_pat(p, total, 0);
     assert_int_equal(zn_buf_append(&b, p, total), 0);
-    while ((n = zn_buf_write_fd(&b, sv[0])) > 0)
+    while ((n = write_fd(&b, sv[0])) > 0)
         sent += (size_t)n;
     assert_int_equal(n, ZN_EAGAIN);
     assert_true(sent > 0 && sent < total);
@@ -728,7 +765,7 @@ write_fd_closed_peer_is_epipe_not_sigpipe(void **state)
     close(sv[1]);
     zn_buf_init(&b);
     assert_int_equal(zn_buf_append(&b, "lost", 4), 0);
-    assert_int_equal(zn_buf_write_fd(&b, sv[0]), ZN_EPIPE);
+    assert_int_equal(write_fd(&b, sv[0]), ZN_EPIPE);
     assert_int_equal(zn_buf_len(&b), 4);
     zn_buf_free(&b);
     close(sv[0]);
@@ -748,12 +785,12 @@ borrowed_works_in_place(void **state)
     assert_true(b.borrowed);
     assert_int_equal(zn_buf_append(&b, " you", 4), 0);
     send_pat(sv[1], 20, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)), 20);
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)), 20);
     assert_ptr_equal(b.data, area);
     assert_memory_equal(zn_buf_peek(&b), "hello you", 9);
     check_pat(zn_buf_peek(&b) + 9, 20, 0);
     zn_buf_consume(&b, 6);
-    assert_int_equal(zn_buf_write_fd(&b, sv[0]), 23);
+    assert_int_equal(write_fd(&b, sv[0]), 23);
     zn_buf_free(&b);
     assert_null(b.data);
     assert_false(b.borrowed);
@@ -899,9 +936,9 @@ enomem_first_storage(void **state)
     assert_int_equal(zn_buf_append(&b, "x", 1), ZN_ENOMEM);
     assert_int_equal(zn_buf_prepend(&b, "x", 1), ZN_ENOMEM);
     assert_int_equal(zn_buf_reserve(&b, 1), ZN_ENOMEM);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], NULL, 0), ZN_ENOMEM);
+    assert_int_equal(read_fd(&b, sv[0], NULL, 0), ZN_ENOMEM);
     send_pat(sv[1], 10, 0);
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)),
                      ZN_ENOMEM);
     assert_same(&b, &was, NULL);
     close_pair(sv);
@@ -945,7 +982,7 @@ enomem_read_fd_partly_in_tail(void **state)
     was = b;
     send_pat(sv[1], zn_buf_writable(&b) + 10, 0);
     fail_allocations();
-    assert_int_equal(zn_buf_read_fd(&b, sv[0], extra, sizeof(extra)),
+    assert_int_equal(read_fd(&b, sv[0], extra, sizeof(extra)),
                      ZN_ENOMEM);
     assert_same(&b, &was, saved);
     zn_buf_free(&b);

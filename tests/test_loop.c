@@ -81,13 +81,16 @@ test_tasks_from_8_threads_run_exactly_once_in_order(void **state)
     pthread_t th[POSTERS];
     tu_loop_thread_t lt;
     zn_loop_stats_t st;
+    zn_loop_opts_t lo;
     int i;
 
     (void)state;
     memset(&ps, 0, sizeof(ps));
     for (i = 0; i < POSTERS; i++)
         ps.last_seq[i] = -1;
-    assert_int_equal(zn_loop_new(&ps.loop), 0);
+    zn_loop_opts_default(&lo);
+    lo.max_posted = POSTERS * POSTS_PER_THREAD + 1;
+    assert_int_equal(zn_loop_new_opts(&ps.loop, &lo), 0);
     tu_loop_thread_start(&lt, ps.loop);
     for (i = 0; i < POSTERS; i++) {
         pa[i].ps = &ps;

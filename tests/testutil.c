@@ -305,3 +305,97 @@ tu_server_stats(tu_server_t *ts)
     zn_server_stats(ts->srv, &st);
     return st;
 }
+
+/* ---- running out of memory ---------------------------------------------- */
+
+static _Atomic int tu_refusing;
+
+
+static void *
+tu_malloc(size_t n)
+{
+    return atomic_load(&tu_refusing) ? NULL : malloc(n);
+}
+
+
+static void *
+tu_realloc(void *p, size_t n)
+{
+    return atomic_load(&tu_refusing) ? NULL : realloc(p, n);
+}
+
+
+static void *
+tu_calloc(size_t c, size_t n)
+{
+    return atomic_load(&tu_refusing) ? NULL : calloc(c, n);
+}
+
+
+void
+tu_refusing_allocator(void)
+{
+    assert_int_equal(zn_set_allocator(tu_malloc, tu_realloc, tu_calloc,
+                                      free), 0);
+}
+
+
+void
+tu_refuse(bool on)
+{
+    atomic_store(&tu_refusing, on);
+}
+
+/* ---- a loop held busy ----------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int held, open;
+} tu_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+
+static void
+tu_hold_task(void *ud)
+{
+    (void)ud;
+    pthread_mutex_lock(&tu_gate.mu);
+    tu_gate.held = 1;
+    pthread_cond_broadcast(&tu_gate.cv);
+    while (!tu_gate.open)
+        pthread_cond_wait(&tu_gate.cv, &tu_gate.mu);
+    pthread_mutex_unlock(&tu_gate.mu);
+}
+
+
+static void
+tu_filler_task(void *ud)
+{
+    atomic_fetch_add((_Atomic int *)ud, 1);
+}
+
+
+void
+tu_hold_and_fill(zn_loop_t *loop, int fillers, _Atomic int *ran)
+{
+    int i;
+
+    tu_gate.held = tu_gate.open = 0;
+    assert_int_equal(zn_loop_post(loop, tu_hold_task, NULL), 0);
+    pthread_mutex_lock(&tu_gate.mu);
+    while (!tu_gate.held)
+        pthread_cond_wait(&tu_gate.cv, &tu_gate.mu);
+    pthread_mutex_unlock(&tu_gate.mu);
+    for (i = 0; i < fillers; i++)
+        assert_int_equal(zn_loop_post(loop, tu_filler_task, ran), 0);
+}
+
+
+void
+tu_release(void)
+{
+    pthread_mutex_lock(&tu_gate.mu);
+    tu_gate.open = 1;
+    pthread_cond_broadcast(&tu_gate.cv);
+    pthread_mutex_unlock(&tu_gate.mu);
+}

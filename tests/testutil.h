@@ -7,6 +7,8 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
@@ -54,6 +56,22 @@ int tu_pattern_check(const void *p, size_t n, uint32_t seed, size_t offset);
 
 /* Number of open descriptors of this process. */
 int tu_count_fds(void);
+
+/*
+ * An allocator hook that refuses every allocation while told to: installs
+ * it (call first in main, before any other znet call), and switches the
+ * refusal on and off from any thread.
+ */
+void tu_refusing_allocator(void);
+void tu_refuse(bool on);
+
+/*
+ * Holds `loop` busy inside a task (from another thread; returns once the
+ * loop is held) and queues `fillers` tasks behind it that count into
+ * *ran; tu_release() lets the loop go on. One hold at a time.
+ */
+void tu_hold_and_fill(zn_loop_t *loop, int fillers, _Atomic int *ran);
+void tu_release(void);
 
 #endif /* ZNET_TESTUTIL_H */
 

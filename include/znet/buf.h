@@ -17,7 +17,7 @@
  * Hard cap: a buffer with max != 0 never holds more than `max` readable
  * bytes, and its storage is never grown past `max` bytes. An operation that
  * would pass the cap fails with ZN_ENOBUFS and changes nothing, except
- * zn_buf_read_fd(), which reads only what fits (see there).
+ * a read (zn_buf_read_begin), which takes only what fits (see there).
  *
  * Borrowed storage: zn_buf_init_borrowed() makes a buffer whose `data` is
  * memory it does not own (a connection hands its loop's read scratch area
@@ -40,6 +40,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/uio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -143,40 +144,36 @@ ZN_EXTERN void zn_buf_reset(zn_buf_t *b);
 ZN_EXTERN int zn_buf_shrink(zn_buf_t *b, size_t keep);
 
 /*
- * Reads from a non-blocking fd with one readv(): into the buffer's free
- * space and, past it, into `extra` (a caller's stack or scratch area of
- * `extra_len` bytes, which must not overlap the buffer's storage), then
- * appends what landed in `extra`. A large read thus costs one syscall
- * whatever the buffer's free space, and an empty buffer allocates only
- * as much as actually arrived. `extra` is used only while the free space
- * is smaller than it, so one read is at most free space + extra_len bytes
- * and the storage settles near twice extra_len for a stream of small
- * messages. `extra` may be NULL; if the buffer has no free space and no
- * `extra` is used, 4 KiB of room (at most up to the cap) is reserved first.
- * EINTR is retried.
+ * One read into a buffer, in two steps around the caller's own read call
+ * (a connection's transport): zn_buf_read_begin() describes where the
+ * bytes may go, the caller reads into those pieces, zn_buf_read_end()
+ * makes what arrived readable.
  *
- * Never reads more than the cap lets it keep (max - len bytes), so no byte
- * taken from the fd is ever dropped because of the cap.
- * Returns the number of bytes read (0 at end of file), or:
- *   ZN_EAGAIN   nothing to read now;
- *   ZN_ENOBUFS  the buffer already holds `max` bytes: nothing was read;
- *   ZN_ENOMEM   storage for the bytes that landed in `extra` could not be
- *               allocated: the buffer is unchanged but those bytes are gone
- *               from the fd, so the stream is broken and should be closed;
- *   another negative errno from readv().
+ * The pieces are the buffer's free space and, past it, `extra` (a caller's
+ * stack or scratch area of `extra_len` bytes, which must not overlap the
+ * buffer's storage); what lands in `extra` is then appended. A large read
+ * thus costs one call whatever the buffer's free space, and an empty
+ * buffer allocates only as much as actually arrived. `extra` is used only
+ * while the free space is smaller than it, so one read is at most free
+ * space + extra_len bytes and the storage settles near twice extra_len for
+ * a stream of small messages. `extra` may be NULL; if the buffer has no
+ * free space and no `extra` is used, 4 KiB of room (at most up to the cap)
+ * is reserved first. The pieces never hold more than the cap lets the
+ * buffer keep (max - len bytes), so no byte read is ever dropped because
+ * of the cap.
+ *
+ * zn_buf_read_begin() fills iov[0..1] and returns the number of pieces (1
+ * or 2), ZN_ENOBUFS (the buffer already holds `max` bytes: do not read),
+ * or ZN_ENOMEM. zn_buf_read_end() takes the same pieces and the number of
+ * bytes read into them; it returns 0, or ZN_ENOMEM when storage for the
+ * bytes that landed in `extra` could not be allocated: the buffer is then
+ * unchanged and those bytes are lost, so the stream is broken and should
+ * be closed. Nothing may touch the buffer between the two calls.
  */
-ZN_EXTERN ssize_t zn_buf_read_fd(zn_buf_t *b, int fd, char *extra,
-                                 size_t extra_len);
-
-/*
- * Writes readable bytes to a socket with one send(MSG_NOSIGNAL), so a
- * closed peer gives ZN_EPIPE and never SIGPIPE, and consumes what was
- * written. EINTR is retried. Returns the number of bytes written (0 if the
- * buffer is empty, without a syscall) or a negative error (ZN_EAGAIN when
- * the socket is full; ZN_EPIPE, ZN_ECONNRESET or another negative errno
- * from send()).
- */
-ZN_EXTERN ssize_t zn_buf_write_fd(zn_buf_t *b, int fd);
+ZN_EXTERN int zn_buf_read_begin(zn_buf_t *b, struct iovec iov[2],
+                                char *extra, size_t extra_len);
+ZN_EXTERN int zn_buf_read_end(zn_buf_t *b, const struct iovec *iov,
+                              int iovcnt, size_t n);
 
 /* Finds `needle` of `n` bytes in the readable bytes; returns its offset
  * from zn_buf_peek() or -1. An empty needle is found at offset 0. */

@@ -146,7 +146,9 @@ ZN_EXTERN int zn_conn_sendv(zn_conn_t *c, const struct iovec *iov, int n);
  * Abortive close: drops queued output and closes at once with a reset
  * (SO_LINGER 0). Both are idempotent (a later abort turns a graceful close
  * that is still flushing into an abortive one). From another thread they
- * are posted to the loop. The close callback runs once, on the loop.
+ * are carried to the loop by the connection's own task (nothing is
+ * allocated: they cannot fail), and a graceful one comes after the data
+ * that thread sent before it. The close callback runs once, on the loop.
  */
 ZN_EXTERN void zn_conn_close(zn_conn_t *c);
 ZN_EXTERN void zn_conn_abort(zn_conn_t *c);
@@ -191,8 +193,10 @@ ZN_EXTERN int zn_conn_fd(const zn_conn_t *c);
  * lines. */
 ZN_EXTERN const char *zn_conn_peer(const zn_conn_t *c);
 
-/* Replaces the limits (for example from on_connect). */
-ZN_EXTERN void zn_conn_set_limits(zn_conn_t *c, const zn_conn_limits_t *l);
+/* Replaces the limits of this connection alone (for example from
+ * on_connect); `l` must outlive the connection while it is open. Returns
+ * 0, ZN_EINVAL (NULL), or ZN_ENOMEM (the old limits then stay). */
+ZN_EXTERN int zn_conn_set_limits(zn_conn_t *c, const zn_conn_limits_t *l);
 
 /*
  * Creates a connection over a connected, non-blocking socket `fd` and

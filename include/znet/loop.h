@@ -1,7 +1,7 @@
 /*
  * znet/loop.h: the event loop, io watchers, timers, posted tasks, signals.
  *
- * One loop is one epoll instance run by one thread. Loop-thread only unless
+ * One loop is one backend instance (epoll) run by one thread. Loop-thread only unless
  * marked: every function here must be called on the thread that runs the
  * loop (or, before zn_loop_run(), on the thread that created it), except
  * those marked "Any thread.".
@@ -25,6 +25,7 @@ extern "C" {
 typedef struct zn_loop_s zn_loop_t;
 typedef struct zn_io_s zn_io_t;
 typedef struct zn_timer_s zn_timer_t;
+typedef struct zn_task_s zn_task_t;
 
 /* Events for zn_io_start(); the same bits arrive in the callback. */
 enum {
@@ -46,7 +47,7 @@ struct zn_io_s {
     int fd;
     unsigned events;  /* what the caller asked for */
     unsigned armed;   /* what epoll has now */
-    int slot;         /* index in the loop's fd table, -1 if not started */
+    int slot;         /* the backend's index, -1 if not started */
 };
 
 struct zn_timer_s {
@@ -62,7 +63,36 @@ struct zn_timer_s {
     int active;
 };
 
+/* The link of the loop's task queue (internal; 16 bytes, so that znet's
+ * own objects can carry one cheaply). next is not NULL while queued. */
+typedef struct zn_task_node_s {
+    struct zn_task_node_s *next;
+    void (*fn)(struct zn_task_node_s *n);
+} zn_task_node_t;
+
+/*
+ * A task that its owner embeds (in the object that crosses to the loop),
+ * so that posting it allocates nothing and cannot fail. A task is queued
+ * at most once at a time; it is unqueued just before its callback runs,
+ * which may post it again or free it.
+ */
+struct zn_task_s {
+    zn_task_node_t node;
+    zn_task_cb cb;
+    void *ud;
+};
+
 /* ---- loop ---------------------------------------------------------- */
+
+typedef struct {
+    /* Tasks posted with zn_loop_post() and not run yet: past it,
+     * zn_loop_post() refuses with ZN_ENOBUFS. Embedded tasks
+     * (zn_loop_post_task) do not count. 0: 65,536. */
+    size_t max_posted;
+} zn_loop_opts_t;
+
+/* Fills opts with the defaults. */
+ZN_EXTERN void zn_loop_opts_default(zn_loop_opts_t *opts);
 
 /*
  * Creates a loop: an epoll instance and an eventfd for wake-ups. Stores it
@@ -70,6 +100,9 @@ struct zn_timer_s {
  * Any thread; the loop then belongs to the thread that runs it.
  */
 ZN_EXTERN int zn_loop_new(zn_loop_t **out);
+
+/* zn_loop_new() with options (NULL: the defaults). Any thread. */
+ZN_EXTERN int zn_loop_new_opts(zn_loop_t **out, const zn_loop_opts_t *opts);
 
 /*
  * Frees a loop that is not running. Tasks still queued are run first (so
@@ -81,10 +114,10 @@ ZN_EXTERN void zn_loop_free(zn_loop_t *loop);
 /*
  * Runs the loop on the calling thread until zn_loop_stop(). Each iteration:
  * update the clock, run due timers, wait for events (no longer than the
- * next timer), run io callbacks, run posted tasks, then hand the requests
- * decoded for a message service's workers to them in one go (see
- * docs/threading.md). Returns 0 after a stop,
- * ZN_EBUSY if the loop is already running, or the error of epoll_wait.
+ * next timer), run io callbacks, run posted tasks (among them what the
+ * io callbacks posted for the end of the iteration, such as the message
+ * layer's hand-off of requests to its workers). Returns 0 after a stop,
+ * ZN_EBUSY if the loop is already running, or the error of the wait.
  * A stop requested before zn_loop_run() makes it return at once (after
  * running the tasks already posted).
  */
@@ -108,9 +141,22 @@ ZN_EXTERN void zn_loop_stop(zn_loop_t *loop);
  * order they were posted, in batches; wake-ups coalesce (many posts may
  * cause one eventfd read), but every posted task runs exactly once, even if
  * the loop is stopped (then on the next run, or in zn_loop_free()).
- * Returns 0, or ZN_ENOMEM (then cb never runs).
+ * Allocates the task: returns 0, ZN_ENOMEM, or ZN_ENOBUFS when
+ * max_posted tasks of this kind wait already (then cb never runs). Code
+ * that must not fail embeds a zn_task_t instead.
  */
 ZN_EXTERN int zn_loop_post(zn_loop_t *loop, zn_task_cb cb, void *ud);
+
+/* Binds an embedded task to its callback. Does not post it. */
+ZN_EXTERN void zn_task_init(zn_task_t *t, zn_task_cb cb, void *ud);
+
+/*
+ * Queues an embedded task to run cb(ud) once on the loop's thread, in
+ * posting order with every other task. Any thread. Allocates nothing:
+ * returns 0, or ZN_EBUSY if the task is queued already (it will run
+ * once). The task must stay valid until its callback has started.
+ */
+ZN_EXTERN int zn_loop_post_task(zn_loop_t *loop, zn_task_t *t);
 
 /* True on the thread that is running the loop. Any thread. */
 ZN_EXTERN bool zn_loop_in_thread(const zn_loop_t *loop);
@@ -125,10 +171,10 @@ ZN_EXTERN const char *zn_loop_name(const zn_loop_t *loop);
 ZN_EXTERN void zn_loop_set_name(zn_loop_t *loop, const char *name);
 
 typedef struct {
-    uint64_t iterations;     /* epoll_wait calls */
+    uint64_t iterations;     /* waits for io (epoll_wait calls) */
     uint64_t io_events;      /* io callbacks run */
     uint64_t timers_fired;   /* timer callbacks run */
-    uint64_t tasks_posted;   /* zn_loop_post calls that succeeded */
+    uint64_t tasks_posted;   /* tasks queued (zn_loop_post, _post_task) */
     uint64_t tasks_run;      /* posted tasks run */
     uint64_t wakeups;        /* eventfd writes (posts that had to wake) */
     uint64_t timers_active;  /* timers started now */
@@ -148,13 +194,13 @@ ZN_EXTERN void zn_io_init(zn_loop_t *loop, zn_io_t *io, int fd, zn_io_cb cb,
 /*
  * Watches `events` (ZN_READABLE | ZN_WRITABLE); a started watcher changes
  * its set. Level-triggered. events == 0 is the same as zn_io_stop().
- * Returns 0, ZN_ENOMEM, or the error of epoll_ctl.
+ * Returns 0, ZN_ENOMEM, or the error of the backend (epoll_ctl).
  */
 ZN_EXTERN int zn_io_start(zn_io_t *io, unsigned events);
 
 /*
  * Stops watching. After this the callback is not called again, not even
- * for an event already fetched in the current epoll batch; the caller may
+ * for an event already fetched in the current batch; the caller may
  * then close the fd and free the watcher.
  */
 ZN_EXTERN void zn_io_stop(zn_io_t *io);

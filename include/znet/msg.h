@@ -151,7 +151,7 @@ ZN_EXTERN void zn_msg_service_stop(zn_msg_service_t *svc);
 
 /*
  * The graceful shutdown of a server that this service serves, in one call:
- * stops accepting (every listener), answers new requests SHUTTING_DOWN,
+ * answers new requests SHUTTING_DOWN, stops accepting (every listener),
  * lets the requests in flight finish (on the loop, on workers, deferred),
  * stops the workers, then closes every connection gracefully so that the
  * replies are flushed, and stops the server; all within `timeout_ms`, after

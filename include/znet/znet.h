@@ -8,6 +8,8 @@
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
+#include "pool.h"
 #include "server.h"
+#include "workers.h"
 
 #endif /* ZNET_ZNET_H */

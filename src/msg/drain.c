@@ -26,8 +26,8 @@ zn_msg_service_drain(zn_msg_service_t *svc, zn_server_t *srv,
     uint64_t now, deadline = zn_now_ms() + timeout_ms;
     bool in_time;
 
-    zn_server_stop_accepting(srv);
     zn_msg_service_shutdown(svc);
+    zn_server_stop_accepting(srv);
     while (zn_msg_service_pending(svc) > 0 && zn_now_ms() < deadline)
         (void)zn_loop_run_once(loop, ZN__DRAIN_STEP_MS);
     in_time = zn_msg_service_pending(svc) == 0;

@@ -8,10 +8,8 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "conn_int.h"
-#include "loop_int.h"
 #include "msg_int.h"
 #include "znet/log.h"
 #include "znet/znet.pb-c.h"
@@ -22,6 +20,7 @@ static void zn__msg_on_connect(zn_conn_t *c, void *ud);
 static void zn__msg_on_data(zn_conn_t *c, zn_buf_t *in, void *ud);
 static void zn__msg_on_eof(zn_conn_t *c, void *ud);
 static void zn__msg_on_close(zn_conn_t *c, zn_close_reason_t r, void *ud);
+static void zn__msg_work(zn_work_t *w, int status);
 
 
 void
@@ -174,7 +173,7 @@ zn_msg_req_defer(zn_msg_req_t *req)
 
 /* Frees the request once both the handler phase and the answer are over:
  * the message may be read by the handler after it answered. */
-void
+static void
 zn__msg_req_unref(zn_msg_req_t *req)
 {
     if (atomic_fetch_sub(&req->refs, 1) != 1)
@@ -206,6 +205,7 @@ zn__msg_done(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc)
 
 typedef struct zn__msg_out_s {
     struct zn__msg_out_s *next;
+    zn_task_t task;            /* the first of a chain carries it */
     zn_msg_service_t *svc;
     zn_conn_t *conn;           /* a reference */
     zn__msg_conn_t *mc;
@@ -223,7 +223,7 @@ static __thread bool zn__tl_collect;
 
 /* On the loop: a chain of answers, in the order they were made. */
 static void
-zn__msg_out_task(void *ud)
+zn__msg_out_run(void *ud)
 {
     zn__msg_out_t *o = ud, *next;
 
@@ -245,38 +245,33 @@ zn__msg_out_task(void *ud)
 }
 
 
-/* Posts a chain to its loop. Without memory for the task the answers
- * cannot travel; retry briefly, then give up loudly (the requests stay in
- * flight and their connections cannot finish a half-close). */
+/* Posts a chain to its loop, carried by its first answer: nothing is
+ * allocated, so answers always travel. */
 static void
 zn__msg_post_chain(zn_loop_t *loop, zn__msg_out_t *chain)
 {
-    int tries;
-
-    for (tries = 0; tries < 100; tries++) {
-        if (zn_loop_post(loop, zn__msg_out_task, chain) == 0)
-            return;
-        usleep(1000);
-    }
-    ZN_LOG(ZN_LOG_ERROR, "msg: out of memory posting answers; dropped");
+    zn_task_init(&chain->task, zn__msg_out_run, chain);
+    (void)zn_loop_post_task(loop, &chain->task);
 }
 
 
-void
-zn__msg_collect_begin(void)
+static void
+zn__msg_collect_begin(void *ud)
 {
+    (void)ud;
     zn__tl_collect = true;
 }
 
 
 /* Sends the collected answers: reversed into the order they were made,
  * then split by loop, each part keeping that order. */
-void
-zn__msg_collect_end(void)
+static void
+zn__msg_collect_end(void *ud)
 {
     zn__msg_out_t *list = NULL, *o, *next, *mine, **tail;
     zn_loop_t *loop;
 
+    (void)ud;
     zn__tl_collect = false;
     for (o = zn__tl_outs; o != NULL; o = next) {
         next = o->next;
@@ -341,11 +336,7 @@ zn__msg_answer_posted(zn_msg_req_t *req, uint8_t flags,
         zn__tl_outs = o;
         return late ? ZN_ENOTCONN : 0;
     }
-    if (zn_loop_post(zn_conn_loop(req->conn), zn__msg_out_task, o) != 0) {
-        zn_conn_unref(o->conn);
-        zn__free(o);
-        return ZN_ENOMEM;
-    }
+    zn__msg_post_chain(zn_conn_loop(req->conn), o);
     return late ? ZN_ENOTCONN : 0;
 }
 
@@ -445,14 +436,12 @@ zn__msg_abandon_task(void *ud)
 /*
  * Answers with an error, or, if even that cannot be queued (out of
  * memory), abandons the request: nothing may stay in flight for ever. Off
- * the loop the abandonment travels as a task; a worker may wait for
- * memory for it.
+ * the loop the abandonment travels as the request's own task, which
+ * cannot fail.
  */
-void
+static void
 zn__msg_answer_or_abandon(zn_msg_req_t *req, uint32_t code, const char *text)
 {
-    int tries;
-
     if (zn_msg_reply_error(req, code, text) != ZN_ENOMEM ||
         atomic_exchange(&req->answered, 1))
         return;
@@ -462,13 +451,8 @@ zn__msg_answer_or_abandon(zn_msg_req_t *req, uint32_t code, const char *text)
         zn__msg_abandon_here(req);
         return;
     }
-    for (tries = 0; tries < 100; tries++) {
-        if (zn_loop_post(zn_conn_loop(req->conn), zn__msg_abandon_task,
-                         req) == 0)
-            return;
-        usleep(1000);
-    }
-    ZN_LOG(ZN_LOG_ERROR, "msg: out of memory: request %u leaked", req->seq);
+    zn_task_init(&req->task, zn__msg_abandon_task, req);
+    (void)zn_loop_post_task(zn_conn_loop(req->conn), &req->task);
 }
 
 
@@ -477,7 +461,7 @@ zn__msg_answer_or_abandon(zn_msg_req_t *req, uint32_t code, const char *text)
  * answered nor deferred gets INTERNAL answered for it, so that no request
  * is left hanging; the handler phase then lets go of the request.
  */
-void
+static void
 zn__msg_run(zn_msg_req_t *req)
 {
     req->ent->cb(req, req->msg, req->ent->ud);
@@ -593,12 +577,38 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
         zn__msg_run(req);
         return;
     }
-    req->next = NULL; /* queued with the others of this read */
+    req->work.next = NULL; /* queued with the others of this read */
+    req->work.cb = zn__msg_work;
     if (batch->head == NULL)
         batch->head = req;
     else
-        batch->last->next = req;
+        batch->last->work.next = &req->work;
     batch->last = req;
+}
+
+
+/* On a worker: runs the request, or, if the pool stopped before it could,
+ * answers SHUTTING_DOWN for it. */
+static void
+zn__msg_work(zn_work_t *w, int status)
+{
+    zn_msg_req_t *req = zn__container_of(w, zn_msg_req_t, work);
+
+    if (status == 0) {
+        zn__msg_run(req);
+        return;
+    }
+    zn__msg_answer_or_abandon(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
+    zn__msg_req_unref(req); /* the handler phase, never run */
+}
+
+
+/* The worker queue a connection's requests go to: in ordered mode always
+ * the same one, so that its answers keep their order. */
+static uint64_t
+zn__msg_queue_key(const zn_msg_service_t *svc, const zn_conn_t *c)
+{
+    return svc->o.ordered ? zn_conn_id(c) % svc->o.workers : 0;
 }
 
 
@@ -607,77 +617,95 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
 static void
 zn__msg_dispatch_chain(zn_msg_service_t *svc, zn_msg_req_t *chain)
 {
-    zn_msg_req_t *left, *next;
+    zn_work_t *left, *next;
+    zn_msg_req_t *req;
+    unsigned n;
     int why;
 
-    left = zn__msg_enqueue(svc, chain, &why);
+    left = zn_workers_submit(svc->pool, zn__msg_queue_key(svc, chain->conn),
+                             &chain->work, &why, &n);
+    if (n > 0)
+        ZN__MSG_STAT_ADD(svc, handoffs, 1);
     for (; left != NULL; left = next) {
         next = left->next;
+        req = zn__container_of(left, zn_msg_req_t, work);
         if (why == ZN_ENOBUFS)
             ZN__MSG_STAT_ADD(svc, overloaded, 1);
         if (why == ZN_ESHUTDOWN)
-            zn__msg_answer_or_abandon(left, ZN_ERR_SHUTTING_DOWN,
+            zn__msg_answer_or_abandon(req, ZN_ERR_SHUTTING_DOWN,
                                       "shutting down");
         else
-            zn__msg_answer_or_abandon(left, ZN_ERR_OVERLOADED,
+            zn__msg_answer_or_abandon(req, ZN_ERR_OVERLOADED,
                                       "overloaded");
-        zn__msg_req_unref(left);
+        zn__msg_req_unref(req);
     }
 }
 
 
 /*
- * The end of a loop iteration: every request read during it goes to the
- * worker queues together, one lock and one wake-up per queue, instead of
- * one per connection read. Requests are split by service and queue, each
- * part keeping its order (ordered mode: a connection's requests stay in
- * order on their worker's queue).
+ * The requests read during one loop iteration wait here, on the loop's
+ * thread, and go to the worker queues together at the end of the
+ * iteration's io phase: one lock and one wake-up per queue, instead of
+ * one per connection read. A thread runs one loop at a time, so the
+ * chain and the task that flushes it are the thread's; the task is posted
+ * to the loop from its own thread (no system call) and runs in the same
+ * iteration, after the io callbacks.
+ */
+static __thread zn_msg_req_t *zn__tl_handoff_head, *zn__tl_handoff_tail;
+static __thread zn_task_t zn__tl_handoff_task;
+
+
+/*
+ * Splits the chain by service and queue, each part keeping its order
+ * (ordered mode: a connection's requests stay in order on their worker's
+ * queue), and hands each part over.
  */
 static void
-zn__msg_handoff_flush(zn_loop_t *loop)
+zn__msg_handoff_flush(void *ud)
 {
-    zn_msg_req_t *all = loop->handoff.head, *part, **tail, **pp, *r;
-    zn_msg_service_t *svc;
-    unsigned q;
+    zn_work_t *all = &zn__tl_handoff_head->work, *part, **tail, **pp;
+    zn_msg_req_t *first, *r;
+    uint64_t key;
 
-    loop->handoff.head = NULL;
-    loop->handoff.tail = NULL;
+    (void)ud;
+    zn__tl_handoff_head = zn__tl_handoff_tail = NULL;
     while (all != NULL) {
-        svc = all->svc;
-        q = zn__msg_queue_index(svc, all->conn);
+        first = zn__container_of(all, zn_msg_req_t, work);
+        key = zn__msg_queue_key(first->svc, first->conn);
         part = NULL;
         tail = &part;
         for (pp = &all; *pp != NULL;) {
-            r = *pp;
-            if (r->svc != svc || zn__msg_queue_index(svc, r->conn) != q) {
-                pp = &r->next;
+            r = zn__container_of(*pp, zn_msg_req_t, work);
+            if (r->svc != first->svc ||
+                zn__msg_queue_key(r->svc, r->conn) != key) {
+                pp = &(*pp)->next;
                 continue;
             }
-            *pp = r->next;
-            r->next = NULL;
-            *tail = r;
-            tail = &r->next;
+            *pp = r->work.next;
+            r->work.next = NULL;
+            *tail = &r->work;
+            tail = &r->work.next;
         }
-        zn__msg_dispatch_chain(svc, part);
+        zn__msg_dispatch_chain(first->svc,
+                               zn__container_of(part, zn_msg_req_t, work));
     }
 }
 
 
-/* The requests of one read join the loop's hand-off (see above). */
+/* The requests of one read join the iteration's hand-off (see above). */
 static void
 zn__msg_handoff_add(zn_conn_t *c, zn__msg_batch_t *batch)
 {
-    zn__loop_handoff_t *h = &zn_conn_loop(c)->handoff;
-
     if (batch->head == NULL)
         return;
-    if (h->head == NULL) {
-        h->head = batch->head;
-        h->flush = zn__msg_handoff_flush;
+    if (zn__tl_handoff_head == NULL) {
+        zn__tl_handoff_head = batch->head;
+        zn_task_init(&zn__tl_handoff_task, zn__msg_handoff_flush, NULL);
+        (void)zn_loop_post_task(zn_conn_loop(c), &zn__tl_handoff_task);
     } else {
-        ((zn_msg_req_t *)h->tail)->next = batch->head;
+        zn__tl_handoff_tail->work.next = &batch->head->work;
     }
-    h->tail = batch->last;
+    zn__tl_handoff_tail = batch->last;
 }
 
 
@@ -806,6 +834,25 @@ zn__msg_make_reject(zn_msg_service_t *svc)
 }
 
 
+/* The worker pool, whose batches collect their answers (one post per
+ * loop per batch). */
+static int
+zn__msg_workers_start(zn_msg_service_t *svc)
+{
+    zn_workers_opts_t wo;
+
+    if (svc->o.workers == 0)
+        return 0;
+    zn_workers_opts_default(&wo);
+    wo.threads = svc->o.workers;
+    wo.ordered = svc->o.ordered;
+    wo.queue_max = svc->o.queue_max;
+    wo.batch_begin = zn__msg_collect_begin;
+    wo.batch_end = zn__msg_collect_end;
+    return zn_workers_new(&wo, &svc->pool);
+}
+
+
 int
 zn_msg_service_new(zn_msg_table_t *t, const zn_msg_opts_t *o,
                    zn_msg_service_t **out)
@@ -880,7 +927,9 @@ zn_msg_service_pending(const zn_msg_service_t *svc)
 void
 zn_msg_service_stop(zn_msg_service_t *svc)
 {
-    zn__msg_workers_stop(svc);
+    atomic_store(&svc->shutting_down, 1);
+    if (svc->pool != NULL)
+        zn_workers_stop(svc->pool);
 }
 
 
@@ -889,8 +938,8 @@ zn_msg_service_free(zn_msg_service_t *svc)
 {
     if (svc == NULL)
         return;
-    zn__msg_workers_stop(svc);
-    zn__msg_workers_free(svc);
+    zn_msg_service_stop(svc);
+    zn_workers_free(svc->pool);
     zn_msg_frame_free(svc->reject);
     zn__free(svc);
 }
@@ -913,7 +962,7 @@ zn_msg_service_stats(const zn_msg_service_t *svc, zn_msg_stats_t *st)
     st->responses_dropped = atomic_load(&s->st.responses_dropped);
     st->late_replies = atomic_load(&s->st.late_replies);
     st->overloaded = atomic_load(&s->st.overloaded);
-    st->queued = atomic_load(&s->st.queued);
+    st->queued = s->pool != NULL ? zn_workers_queued(s->pool) : 0;
     st->in_flight = atomic_load(&s->st.in_flight);
     st->handoffs = atomic_load(&s->st.handoffs);
 }
