@@ -1,13 +1,14 @@
 /*
  * test_hostile.c: the hostile-peer suite (issue 6, part 1; docs/hostile.md).
  *
- *   test_hostile RPC_SERVER MODEL [FILTER]
+ *   test_hostile SERVER MODEL [FILTER]
  *
- * MODEL is single, workers (--workers 2) or io (--io-threads 2); FILTER is
- * a cmocka pattern such as "test_slowloris" or "test_push*". Every case
- * starts its own rpc_server (logs in ./hostile-MODEL/CASE.log), starts a
- * canary that calls cmd 1 every 2 ms, attacks the server with zpeer, and
- * ends with hs_end(), which holds the pass criteria common to all cases:
+ * SERVER is znet-test-server (tests/server). MODEL is single, workers
+ * (--workers 2) or io (--io-threads 2); FILTER is a cmocka pattern such as
+ * "test_slowloris" or "test_push*". Every case starts its own server (logs
+ * in ./hostile-MODEL/CASE.log), starts a canary that calls cmd 1 every
+ * 2 ms, attacks the server with zpeer, and ends with hs_end(), which holds
+ * the pass criteria common to all cases:
  *
  *   - the server is alive; its descriptors and live connections return to
  *     what they were at the start (the canary's connection included);
@@ -115,7 +116,7 @@ hs_workers(void)
 
 
 /* The model's flags, the suite's defaults, then the case's flags (later
- * flags win in rpc_server). */
+ * flags win in znet-test-server). */
 static void
 hs_args(const char **args, size_t cap, const char *const *flags)
 {
@@ -313,7 +314,7 @@ hs_end(hs_t *h, const hs_expect_t *ex)
     hs_check_canary(h);
     rc = zp_server_stop(&h->srv, hs_ms(15000), last, sizeof(last));
     if (rc != 0)
-        fail_msg("%s: rpc_server exit status %d, see %s", h->name, rc,
+        fail_msg("%s: server exit status %d, see %s", h->name, rc,
                  h->srv.log_path);
     /* Its last words: the stats line written at exit, nothing left in
      * flight or queued. */
@@ -1894,7 +1895,7 @@ test_rst_mid_frame(void **state)
 
 /*
  * Resets while the server writes: each of 10 peers pipelines 50 echoes of
- * 60 KB (3 MB of replies), reads 64 KiB and resets. rpc_server leaves
+ * 60 KB (3 MB of replies), reads 64 KiB and resets. The server leaves
  * SIGPIPE at its default (it would die of it): writes must not raise it.
  * Bound: one peer's 3 MB of replies at a time: peak RSS < 32 MiB.
  */
@@ -2258,7 +2259,7 @@ main(int argc, char **argv)
     if (argc < 3 || (strcmp(argv[2], "single") != 0 &&
                      strcmp(argv[2], "workers") != 0 &&
                      strcmp(argv[2], "io") != 0)) {
-        fprintf(stderr, "usage: %s RPC_SERVER single|workers|io [FILTER]\n",
+        fprintf(stderr, "usage: %s SERVER single|workers|io [FILTER]\n",
                 argv[0]);
         return 2;
     }

@@ -4,7 +4,7 @@
  * sockets (connect, send bytes or frames, send at a rate, pause, half-close,
  * reset, shrink the receive buffer, read N bytes, read until EOF with a
  * deadline, reporting what arrived and when); the server under test
- * (rpc_server) as a child process, with its log, its counters and its
+ * (znet-test-server) as a child process, with its log, its counters and its
  * /proc figures; and a canary client that keeps calling cmd 1 on its own
  * thread and records failures and latency.
  *
@@ -164,7 +164,7 @@ typedef struct {
 } zp_server_t;
 
 /*
- * Starts `bin` (rpc_server) as a child on 127.0.0.1 with a free port
+ * Starts `bin` (znet-test-server) as a child on 127.0.0.1 with a free port
  * (--port 0, --port-file), --stats-fd 3, --test-commands and the extra
  * arguments (NULL-terminated). Its stdout and stderr go to
  * dir/name.log; SIGPIPE is at its default disposition and no signal is

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Interoperability test: protocol v1 spoken to rpc_server by an independent
-implementation.
+"""Interoperability test: protocol v1 spoken to znet's demo commands by an
+independent implementation.
 
 The frames are built by hand with struct (docs/protocol.md), the bodies by
 Google's protobuf runtime (Debian python3-protobuf) from classes that
@@ -472,7 +472,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gen", required=True,
                     help="directory of demo_pb2.py and znet_pb2.py")
-    ap.add_argument("server", help="the rpc_server program")
+    ap.add_argument("server", help="the server program (znet-test-server; "
+                    "examples/rpc_server answers the same)")
     ap.add_argument("server_args", nargs=argparse.REMAINDER,
                     help="extra server flags")
     args = ap.parse_args()

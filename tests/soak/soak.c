@@ -1,10 +1,10 @@
 /*
- * soak.c: a mixed load with faults against rpc_server for a bounded time
- * (docs/testing.md, "Soak").
+ * soak.c: a mixed load with faults against znet-test-server (tests/server)
+ * for a bounded time (docs/testing.md, "Soak").
  *
- *   soak RPC_SERVER [SECONDS [LOG]]      default 120 s, soak-server.log
+ *   soak SERVER [SECONDS [LOG]]      default 120 s, soak-server.log
  *
- * Starts RPC_SERVER (--io-threads 2 --workers 2) as a child with its log in
+ * Starts SERVER (--io-threads 2 --workers 2) as a child with its log in
  * LOG, then, from several threads: callers that pipeline cmd 1 and cmd 2
  * (echo, 0 B to 256 KiB) and check every answer; a fault thread cycling
  * through resets mid-frame and mid-reply, closes without reading, bad
@@ -1020,7 +1020,7 @@ main(int argc, char **argv)
     pid_t pid;
 
     if (argc < 2 || secs == 0) {
-        fprintf(stderr, "usage: %s RPC_SERVER [SECONDS [LOG]]\n", argv[0]);
+        fprintf(stderr, "usage: %s SERVER [SECONDS [LOG]]\n", argv[0]);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
