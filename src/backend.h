@@ -43,7 +43,16 @@ typedef struct zn__backend_s {
 extern const zn__backend_t zn__backend_epoll;
 
 /* Runs io's callback for `events` (filtered by what it asked for; hang-up
- * and error always pass). Returns 1 if it ran, else 0. */
-int zn__loop_io_ready(zn_io_t *io, unsigned events);
+ * and error always pass). Returns 1 if it ran, else 0. Inline: a backend
+ * calls it for every event. */
+static inline int
+zn__loop_io_ready(zn_io_t *io, unsigned ev)
+{
+    ev &= io->events | ZN_HANGUP | ZN_ERROR_EV;
+    if ((ev & (ZN_READABLE | ZN_WRITABLE)) == 0 && !(ev & ZN_ERROR_EV))
+        return 0;
+    io->cb(io, ev, io->ud);
+    return 1;
+}
 
 #endif /* ZNET_BACKEND_H */

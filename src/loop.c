@@ -408,16 +408,6 @@ zn_io_stop(zn_io_t *io)
 }
 
 
-/* A watcher gets only the events it asked for, plus hang-up and error. */
-int
-zn__loop_io_ready(zn_io_t *io, unsigned ev)
-{
-    ev &= io->events | ZN_HANGUP | ZN_ERROR_EV;
-    if ((ev & (ZN_READABLE | ZN_WRITABLE)) == 0 && !(ev & ZN_ERROR_EV))
-        return 0;
-    io->cb(io, ev, io->ud);
-    return 1;
-}
 
 /* ---- timers ------------------------------------------------------------ */
 

@@ -27,16 +27,19 @@ zn__sock_readv(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 }
 
 
+/* send() for one piece: the kernel then copies no msghdr or iovec. */
 static ssize_t
 zn__sock_writev(zn_conn_t *c, const struct iovec *iov, int iovcnt)
 {
     struct msghdr m;
     ssize_t n;
 
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *)iov;
-    m.msg_iovlen = (size_t)iovcnt;
-    do /* send() for one piece: the kernel then copies no msghdr/iovec */
+    if (iovcnt > 1) {
+        memset(&m, 0, sizeof(m));
+        m.msg_iov = (struct iovec *)iov;
+        m.msg_iovlen = (size_t)iovcnt;
+    }
+    do
         n = iovcnt == 1 ? send(c->io.fd, iov->iov_base, iov->iov_len,
                                MSG_NOSIGNAL | MSG_DONTWAIT)
                         : sendmsg(c->io.fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
