@@ -83,7 +83,15 @@ typedef void (*zn_log_cb)(zn_log_level_t level, const char *file, int line,
                           const char *msg, void *ud);
 ZN_EXTERN void zn_log_set_handler(zn_log_cb cb, void *ud);
 
-/* True if a message at `level` would be logged. Cheap: one atomic load. */
+/*
+ * True if a message at `level` passes the level filter. It is a call into
+ * the library (not inlined): a relaxed atomic load and two compares. The
+ * ZN_LOG* macros make this call first, so a message that is filtered out
+ * costs this call and nothing else; its arguments are not evaluated.
+ * Measured with bench/log_bench.c on a 2-core Xeon VM: about 2 ns linked
+ * to libznet.a, 4.5-5.5 ns linked to libznet.so (the call goes through the
+ * PLT), against 0.5 ns for an empty loop iteration.
+ */
 ZN_EXTERN bool zn_log_enabled(zn_log_level_t level);
 
 /* Formats and logs a message; prefer the ZN_LOG* macros, which check the
