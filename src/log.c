@@ -50,11 +50,17 @@
 #define LOG_LOCK_INITIALIZER PTHREAD_RWLOCK_INITIALIZER
 #endif
 
+/* A configuration file, read once by zn_log_init(). */
 typedef struct {
-    /* Switches to `conf` (NULL: defaults) for `category`; stores the level
-     * the configuration asks for. On error nothing changes. */
-    int (*open)(const char *conf, const char *category,
-                zn_log_level_t *level);
+    const char *path; /* NULL: the defaults */
+    char *text;       /* the whole file, NUL-terminated */
+    size_t len;
+} log_src_t;
+
+typedef struct {
+    /* Switches to `src` for `category`; stores the level the configuration
+     * asks for. On error nothing changes. */
+    int (*open)(log_src_t *src, const char *category, zn_log_level_t *level);
     void (*emit)(zn_log_level_t level, const char *file, int line,
                  const char *fmt, va_list ap);
     void (*close)(void);
@@ -84,7 +90,7 @@ typedef struct {
 
 static void log_builtin_emit(zn_log_level_t level, const char *file,
                              int line, const char *fmt, va_list ap);
-static int log_builtin_open(const char *conf, const char *category,
+static int log_builtin_open(log_src_t *src, const char *category,
                             zn_log_level_t *level);
 static void log_builtin_close(void);
 
@@ -141,8 +147,9 @@ log_zlog_level(zn_log_level_t level)
  * the category's rules takes, so the facade formats nothing zlog would drop.
  */
 static int
-log_zlog_open(const char *conf, const char *category, zn_log_level_t *level)
+log_zlog_open(log_src_t *src, const char *category, zn_log_level_t *level)
 {
+    const char *conf = src->path;
     zlog_category_t *cat;
     int lv;
 
@@ -258,30 +265,49 @@ log_is_word(const char *s, const char *extra)
 
 
 /*
- * Finds out before any backend sees the file whether it can be read, so a
- * missing file is ZN_ENOENT whatever the backend (zlog would take a path it
- * cannot stat for the text of a configuration).
+ * Reads the whole file, once: the built-in backend parses this copy. A
+ * missing file is ZN_ENOENT whatever the backend (zlog would take a path
+ * it cannot stat for the text of a configuration).
  */
 static int
-log_check_conf(const char *conf)
+log_conf_read(log_src_t *src)
 {
     struct stat st;
-    int fd = open(conf, O_RDONLY | O_CLOEXEC);
-    int rc = 0;
+    size_t len = 0;
+    ssize_t n;
+    int fd, rc = 0;
 
-    if (fd < 0)
+    if ((fd = open(src->path, O_RDONLY | O_CLOEXEC)) < 0)
         return -errno;
-    if (fstat(fd, &st) != 0)
-        rc = -errno;
-    else if (!S_ISREG(st.st_mode))
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > LOG_CONF_MAX) {
         rc = ZN_EINVAL;
+        goto close_fd;
+    }
+    if ((src->text = zn__malloc((size_t)st.st_size + 1)) == NULL) {
+        rc = ZN_ENOMEM;
+        goto close_fd;
+    }
+    while (len < (size_t)st.st_size &&
+           (n = read(fd, src->text + len, (size_t)st.st_size - len)) != 0) {
+        if (n < 0 && errno != EINTR) {
+            rc = -errno;
+            zn__free(src->text);
+            src->text = NULL;
+            goto close_fd;
+        }
+        len += n > 0 ? (size_t)n : 0;
+    }
+    src->text[len] = '\0';
+    src->len = len;
+close_fd:
     zn__close_fd(fd);
     return rc;
 }
 
 
 /*
- * The file is checked before the lock is taken, and the new backend is
+ * The file is read before the lock is taken, and the new backend is
  * opened before the old one is closed, so a failure at any step leaves the
  * configuration in force as it was. A file goes to the backend the build
  * chose; NULL always means the built-in defaults.
@@ -290,6 +316,7 @@ int
 zn_log_init(const char *conf, const char *category)
 {
     const log_backend_t *b = conf ? LOG_CONF_BACKEND : &log_builtin_backend;
+    log_src_t src = {.path = conf};
     zn_log_level_t level = ZN_LOG_INFO;
     int rc;
 
@@ -299,10 +326,10 @@ zn_log_init(const char *conf, const char *category)
         return ZN_EINVAL;
     if (log_tls.busy)
         return ZN_EBUSY;
-    if (conf != NULL && (rc = log_check_conf(conf)) != 0)
+    if (conf != NULL && (rc = log_conf_read(&src)) != 0)
         return rc;
     pthread_rwlock_wrlock(&log_lock);
-    rc = b->open(conf, category, &level);
+    rc = b->open(&src, category, &level);
     if (rc == 0 && b != log_backend) {
         log_backend->close();
         log_backend = b;
@@ -314,6 +341,7 @@ zn_log_init(const char *conf, const char *category)
         atomic_store_explicit(&log_level, level, memory_order_relaxed);
     }
     pthread_rwlock_unlock(&log_lock);
+    zn__free(src.text);
     return rc;
 }
 
@@ -827,7 +855,8 @@ log_conf_line(log_conf_t *c, char *line)
 }
 
 
-/* A NUL byte means the file is not text; anything unknown is an error. */
+/* A NUL byte means the file is not text; anything unknown is an error.
+ * `text` is modified. */
 static int
 log_conf_parse(log_conf_t *c, char *text, size_t len)
 {
@@ -852,44 +881,6 @@ log_conf_parse(log_conf_t *c, char *text, size_t len)
 
 
 static int
-log_conf_load(log_conf_t *c, const char *path)
-{
-    struct stat st;
-    size_t len = 0;
-    char *text;
-    ssize_t n;
-    int fd, rc = 0;
-
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return -errno;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_size > LOG_CONF_MAX) {
-        rc = ZN_EINVAL;
-        goto close_fd;
-    }
-    if ((text = zn__malloc((size_t)st.st_size + 1)) == NULL) {
-        rc = ZN_ENOMEM;
-        goto close_fd;
-    }
-    while (len < (size_t)st.st_size &&
-           (n = read(fd, text + len, (size_t)st.st_size - len)) != 0) {
-        if (n < 0 && errno != EINTR) {
-            rc = -errno;
-            goto free_text;
-        }
-        len += n > 0 ? (size_t)n : 0;
-    }
-    text[len] = '\0';
-    rc = log_conf_parse(c, text, len);
-free_text:
-    zn__free(text);
-close_fd:
-    zn__close_fd(fd);
-    return rc;
-}
-
-
-static int
 log_output_open(const log_output_t *out)
 {
     int fd;
@@ -905,18 +896,18 @@ log_output_open(const log_output_t *out)
 
 
 /*
- * Everything that can fail (reading, parsing, opening the new output)
+ * Everything that can fail (parsing, opening the new output)
  * happens before the old output is closed, so a failure changes nothing.
  */
 static int
-log_builtin_open(const char *conf, const char *category,
-                 zn_log_level_t *level)
+log_builtin_open(log_src_t *src, const char *category, zn_log_level_t *level)
 {
     log_conf_t c = {.category = category,
                     .out = {.level = ZN_LOG_INFO, .target = LOG_TO_STDERR}};
     int fd, rc;
 
-    if (conf != NULL && (rc = log_conf_load(&c, conf)) != 0)
+    if (src->path != NULL &&
+        (rc = log_conf_parse(&c, src->text, src->len)) != 0)
         return rc;
     if ((fd = log_output_open(&c.out)) < 0)
         return fd;

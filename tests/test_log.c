@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -851,6 +852,32 @@ test_builtin_bad_output_keeps_previous(void **state)
     assert_logs_to(out, "previous output");
 }
 
+/* zn_log_init() opens the configuration file once. */
+static void
+test_builtin_reads_conf_once(void **state)
+{
+    char conf[128], buf[4096];
+    int in, opens = 0;
+    ssize_t n, i;
+    struct inotify_event *ev;
+
+    tmp_path(conf, sizeof(conf), "once.conf");
+    write_rule_conf(conf, "server", "INFO", "/dev/null");
+    in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    assert_true(in >= 0);
+    /* Closes are watched too: inotify merges identical events in a row. */
+    assert_true(inotify_add_watch(in, conf, IN_OPEN | IN_CLOSE) >= 0);
+    assert_int_equal(zn_log_init(conf, "server"), 0);
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        for (i = 0; i < n; i += (ssize_t)sizeof(*ev) + ev->len) {
+            ev = (struct inotify_event *)(buf + i);
+            opens += (ev->mask & IN_OPEN) != 0;
+        }
+    close(in);
+    assert_int_equal(opens, 1);
+}
+
+
 #define BACKEND_TESTS                                                         \
     cmocka_unit_test_setup_teardown(test_builtin_line_layout, setup,         \
                                     teardown),                               \
@@ -859,7 +886,9 @@ test_builtin_bad_output_keeps_previous(void **state)
     cmocka_unit_test_setup_teardown(test_builtin_rule_selection, setup,      \
                                     teardown),                               \
     cmocka_unit_test_setup_teardown(test_builtin_bad_output_keeps_previous,  \
-                                    setup, teardown)
+                                    setup, teardown),                        \
+    cmocka_unit_test_setup_teardown(test_builtin_reads_conf_once, setup,     \
+                                    teardown)
 
 #else /* ZN_HAVE_ZLOG */
 

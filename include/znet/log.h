@@ -39,8 +39,8 @@ typedef enum {
 
 /*
  * The seed's initLog(conf, category). Reads the configuration file `conf`
- * (NULL: defaults, level INFO to stderr) and logs to `category` (NULL:
- * "znet"). With the zlog backend `conf` is a zlog configuration file. The
+ * (NULL: defaults, level INFO to stderr), opening it once, and logs to
+ * `category` (NULL: "znet"). With the zlog backend `conf` is a zlog configuration file. The
  * built-in backend reads the same file and takes from it, for the first
  * rule whose category matches (or "*"), the level ("server.INFO" or
  * "server.*") and the output (a quoted file path, or >stderr / >stdout);
