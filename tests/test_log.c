@@ -1217,6 +1217,7 @@ static const struct {
     {B_RULES "server.INFO \\\n  >stderr; simple\n", ZN_EINVAL, 4,
      "unknown level \"INFO>stderr;\""},
     {"[rules]\n[formats]\n", ZN_EINVAL, 2, "out of zlog's order"},
+    {"[global]\n\n[global]\n", ZN_EINVAL, 3, "out of zlog's order"},
 };
 
 
