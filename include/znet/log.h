@@ -117,7 +117,7 @@ ZN_EXTERN void zn_log_set_handler(zn_log_cb cb, void *ud);
  * ZN_LOG* macros make this call first, so a message that is filtered out
  * costs this call and nothing else; its arguments are not evaluated.
  * Measured with bench/log_bench.c on a 2-core Xeon VM: about 2 ns linked
- * to libznet.a, 4.5-5.5 ns linked to libznet.so (the call goes through the
+ * to libznet.a, 4-5.5 ns linked to libznet.so (the call goes through the
  * PLT), against 0.5 ns for an empty loop iteration.
  */
 ZN_EXTERN bool zn_log_enabled(zn_log_level_t level);
