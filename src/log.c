@@ -2,8 +2,9 @@
  * log.c: the logging facade and its backends.
  *
  * The level filter is one atomic int read with a relaxed load, so a message
- * that is filtered out costs a call and a compare; the ZN_LOG macros test
- * the level before they evaluate any argument.
+ * that is filtered out costs a call to zn_log_enabled(), a load and two
+ * compares (2-5 ns, bench/log_bench.c); the ZN_LOG macros test the level
+ * before they evaluate any argument.
  *
  * Everything else a message needs (the backend, its output file, the user
  * handler) sits behind one read-write lock. Threads that log take it for
@@ -13,9 +14,10 @@
  *
  * A backend is a small table of functions. The built-in one is always
  * there; the zlog one is compiled only when the build found zlog, and then
- * reads every configuration file given to zn_log_init().
+ * reads every configuration file given to zn_log_init(). The built-in one
+ * reads a file with log_conf.c, which takes from it the outputs of the
+ * category, each with the set of levels its zlog rule selects.
  */
-#include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -29,6 +31,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "log_int.h"
 #include "znet/config.h"
 #include "znet/log.h"
 
@@ -40,7 +43,6 @@
 #define LOG_CATEGORY_SIZE 64
 #define LOG_CONF_MAX (1 << 20) /* a larger configuration file is refused */
 #define LOG_DEFAULT_CATEGORY "znet"
-#define LOG_FILE_PERMS 0600    /* zlog's default */
 
 /* Writers prefer the lock, so a reconfiguration is not starved by loggers. */
 #ifdef PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
@@ -49,41 +51,33 @@
 #define LOG_LOCK_INITIALIZER PTHREAD_RWLOCK_INITIALIZER
 #endif
 
+/* A configuration file, read once by zn_log_init(). */
 typedef struct {
-    /* Switches to `conf` (NULL: defaults) for `category`; stores the level
-     * the configuration asks for. On error nothing changes. */
-    int (*open)(const char *conf, const char *category,
-                zn_log_level_t *level);
+    const char *path; /* NULL: the defaults */
+    char *text;       /* the whole file, NUL-terminated */
+    size_t len;
+    char why[ZN__LOG_WHY_SIZE]; /* on error, what to log */
+} log_src_t;
+
+typedef struct {
+    /* Switches to `src` for `category`; stores the level the configuration
+     * asks for. On error nothing changes and src->why may say why. */
+    int (*open)(log_src_t *src, const char *category, zn_log_level_t *level);
     void (*emit)(zn_log_level_t level, const char *file, int line,
                  const char *fmt, va_list ap);
     void (*close)(void);
 } log_backend_t;
 
-typedef enum { LOG_TO_STDERR, LOG_TO_STDOUT, LOG_TO_FILE } log_target_t;
-
+/* An open output of the built-in backend. */
 typedef struct {
-    zn_log_level_t level;
-    log_target_t target;
-    char path[PATH_MAX];
-} log_output_t;
-
-/* Sections of a zlog configuration file, in the order zlog requires. */
-enum { LOG_SEC_NONE, LOG_SEC_GLOBAL, LOG_SEC_LEVELS, LOG_SEC_FORMATS,
-       LOG_SEC_RULES };
-
-/* What the built-in backend takes from a configuration file. */
-typedef struct {
-    const char *category;
-    log_output_t out;    /* defaults, then plain keys, then the first rule */
-    log_output_t orphan; /* the first "!" rule, used if no rule matched */
-    int section;
-    bool matched;
-    bool have_orphan;
-} log_conf_t;
+    int fd;
+    bool own_fd;
+    unsigned levels; /* bit L set: a message at level L goes here */
+} log_sink_t;
 
 static void log_builtin_emit(zn_log_level_t level, const char *file,
                              int line, const char *fmt, va_list ap);
-static int log_builtin_open(const char *conf, const char *category,
+static int log_builtin_open(log_src_t *src, const char *category,
                             zn_log_level_t *level);
 static void log_builtin_close(void);
 
@@ -101,10 +95,11 @@ static const log_backend_t *log_backend = &log_builtin_backend;
 static zn_log_cb log_cb;
 static void *log_cb_ud;
 static struct {
-    int fd;
-    bool own_fd;
+    log_sink_t sink[ZN__LOG_OUTPUTS_MAX];
+    int nsink;
     char category[LOG_CATEGORY_SIZE];
-} log_builtin = {STDERR_FILENO, false, LOG_DEFAULT_CATEGORY};
+} log_builtin = {
+    {{STDERR_FILENO, false, ZN__LOG_ALL_LEVELS}}, 1, LOG_DEFAULT_CATEGORY};
 
 static _Thread_local struct {
     bool busy;           /* inside zn_log_writev(): no recursion */
@@ -140,13 +135,18 @@ log_zlog_level(zn_log_level_t level)
  * the category's rules takes, so the facade formats nothing zlog would drop.
  */
 static int
-log_zlog_open(const char *conf, const char *category, zn_log_level_t *level)
+log_zlog_open(log_src_t *src, const char *category, zn_log_level_t *level)
 {
+    const char *conf = src->path;
     zlog_category_t *cat;
     int lv;
 
-    if ((log_zlog_cat == NULL ? zlog_init(conf) : zlog_reload(conf)) != 0)
+    if ((log_zlog_cat == NULL ? zlog_init(conf) : zlog_reload(conf)) != 0) {
+        snprintf(src->why, sizeof(src->why),
+                 "%s: refused by zlog (ZLOG_PROFILE_ERROR=file shows why)",
+                 conf);
         return ZN_EINVAL;
+    }
     cat = zlog_get_category(category);
     if (cat == NULL) {
         if (log_zlog_cat == NULL)
@@ -243,65 +243,82 @@ zn_log_level_name(zn_log_level_t level)
 
 /* ---- configuration and handler ------------------------------------------ */
 
-/* Letters and digits plus `extra`: zlog's rule for category names. */
-static bool
-log_is_word(const char *s, const char *extra)
-{
-    if (*s == '\0')
-        return false;
-    for (; *s != '\0'; s++)
-        if (!isalnum((unsigned char)*s) && strchr(extra, *s) == NULL)
-            return false;
-    return true;
-}
-
-
 /*
- * Finds out before any backend sees the file whether it can be read, so a
- * missing file is ZN_ENOENT whatever the backend (zlog would take a path it
- * cannot stat for the text of a configuration).
+ * Reads the whole file, once: the built-in backend parses this copy. A
+ * missing file is ZN_ENOENT whatever the backend (zlog would take a path
+ * it cannot stat for the text of a configuration). On error src->why says
+ * what failed.
  */
 static int
-log_check_conf(const char *conf)
+log_conf_read(log_src_t *src)
 {
     struct stat st;
-    int fd = open(conf, O_RDONLY | O_CLOEXEC);
-    int rc = 0;
+    size_t len = 0;
+    ssize_t n;
+    int fd, rc = 0;
 
-    if (fd < 0)
-        return -errno;
-    if (fstat(fd, &st) != 0)
+    if ((fd = open(src->path, O_RDONLY | O_CLOEXEC)) < 0) {
         rc = -errno;
-    else if (!S_ISREG(st.st_mode))
+        goto why;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > LOG_CONF_MAX) {
         rc = ZN_EINVAL;
+        goto close_fd;
+    }
+    if ((src->text = zn__malloc((size_t)st.st_size + 1)) == NULL) {
+        rc = ZN_ENOMEM;
+        goto close_fd;
+    }
+    while (len < (size_t)st.st_size &&
+           (n = read(fd, src->text + len, (size_t)st.st_size - len)) != 0) {
+        if (n < 0 && errno != EINTR) {
+            rc = -errno;
+            zn__free(src->text);
+            src->text = NULL;
+            goto close_fd;
+        }
+        len += n > 0 ? (size_t)n : 0;
+    }
+    src->text[len] = '\0';
+    src->len = len;
+close_fd:
     zn__close_fd(fd);
+why:
+    if (rc != 0)
+        snprintf(src->why, sizeof(src->why), "%s: %s", src->path,
+                 rc == ZN_EINVAL ? "not a regular file of at most 1 MiB"
+                                 : zn_strerror(rc));
     return rc;
 }
 
 
 /*
- * The file is checked before the lock is taken, and the new backend is
- * opened before the old one is closed, so a failure at any step leaves the
- * configuration in force as it was. A file goes to the backend the build
- * chose; NULL always means the built-in defaults.
+ * The file is read before the lock is taken, and the new backend is opened
+ * before the old one is closed, so a failure at any step leaves the
+ * configuration in force as it was; the reason is then logged through it.
+ * A file goes to the backend the build chose; NULL always means the
+ * built-in defaults.
  */
 int
 zn_log_init(const char *conf, const char *category)
 {
     const log_backend_t *b = conf ? LOG_CONF_BACKEND : &log_builtin_backend;
+    log_src_t src = {.path = conf};
     zn_log_level_t level = ZN_LOG_INFO;
     int rc;
 
     if (category == NULL)
         category = LOG_DEFAULT_CATEGORY;
-    if (strlen(category) >= LOG_CATEGORY_SIZE || !log_is_word(category, "_-"))
+    if (strlen(category) >= LOG_CATEGORY_SIZE ||
+        !zn__log_is_word(category, "_-"))
         return ZN_EINVAL;
     if (log_tls.busy)
         return ZN_EBUSY;
-    if (conf != NULL && (rc = log_check_conf(conf)) != 0)
-        return rc;
+    if (conf != NULL && (rc = log_conf_read(&src)) != 0)
+        goto log_why;
     pthread_rwlock_wrlock(&log_lock);
-    rc = b->open(conf, category, &level);
+    rc = b->open(&src, category, &level);
     if (rc == 0 && b != log_backend) {
         log_backend->close();
         log_backend = b;
@@ -313,6 +330,10 @@ zn_log_init(const char *conf, const char *category)
         atomic_store_explicit(&log_level, level, memory_order_relaxed);
     }
     pthread_rwlock_unlock(&log_lock);
+    zn__free(src.text);
+log_why:
+    if (rc != 0 && src.why[0] != '\0')
+        ZN_ERROR("%s", src.why);
     return rc;
 }
 
@@ -540,388 +561,109 @@ log_write_all(int fd, const char *p, size_t n)
 }
 
 
-/* One write() per line, so lines from threads never interleave. */
+/*
+ * One write() per line and output, so lines from threads never interleave.
+ * The message is formatted only if one of the outputs takes its level:
+ * the facade's filter lets through every level above the lowest one taken,
+ * and a rule such as "=ERROR" takes fewer.
+ */
 static void
 log_builtin_emit(zn_log_level_t level, const char *file, int line,
                  const char *fmt, va_list ap)
 {
-    char buf[LOG_LINE_SIZE];
-    size_t hdr = log_header(buf, sizeof(buf), level, file, line);
-    size_t len;
-    char *out = log_vformat(buf, sizeof(buf), hdr, &len, fmt, ap);
+    char buf[LOG_LINE_SIZE], *out = NULL;
+    size_t hdr = 0, len = 0;
+    int i;
 
-    out[hdr + len] = '\n';
-    log_write_all(log_builtin.fd, out, hdr + len + 1);
-    if (out != buf)
+    for (i = 0; i < log_builtin.nsink; i++) {
+        if (!(log_builtin.sink[i].levels & 1u << level))
+            continue;
+        if (out == NULL) {
+            hdr = log_header(buf, sizeof(buf), level, file, line);
+            out = log_vformat(buf, sizeof(buf), hdr, &len, fmt, ap);
+            out[hdr + len] = '\n';
+        }
+        log_write_all(log_builtin.sink[i].fd, out, hdr + len + 1);
+    }
+    if (out != NULL && out != buf)
         zn__free(out);
 }
 
 
 static void
-log_builtin_close(void)
+log_sinks_close(log_sink_t *sink, int n)
 {
-    if (log_builtin.own_fd)
-        zn__close_fd(log_builtin.fd);
-    log_builtin.fd = STDERR_FILENO;
-    log_builtin.own_fd = false;
-}
-
-
-/* ---- the built-in backend's reading of a configuration file ------------- */
-
-static char *
-log_trim(char *s)
-{
-    char *end;
-
-    while (isspace((unsigned char)*s))
-        s++;
-    end = s + strlen(s);
-    while (end > s && isspace((unsigned char)end[-1]))
-        *--end = '\0';
-    return s;
-}
-
-
-/* zlog ends a line at a '#' that is not between double quotes. */
-static char *
-log_strip_comment(char *s)
-{
-    bool quoted = false;
-    char *p;
-
-    for (p = s; *p != '\0'; p++) {
-        if (*p == '"')
-            quoted = !quoted;
-        else if (*p == '#' && !quoted)
-            *p = '\0';
-    }
-    return s;
-}
-
-
-/* zlog continues a line that ends with a backslash. */
-static void
-log_conf_join_lines(char *text)
-{
-    char *p, *q;
-
-    for (p = strchr(text, '\\'); p != NULL; p = strchr(p + 1, '\\')) {
-        q = p + 1 + strspn(p + 1, " \t\r");
-        if (*q == '\n')
-            memset(p, ' ', (size_t)(q - p) + 1);
-    }
-}
-
-
-/* zlog's conversion patterns (%d, %E(HOME)...) in a path are not handled. */
-static int
-log_set_path(log_output_t *out, const char *path)
-{
-    size_t n = strlen(path);
-
-    if (n == 0 || n >= sizeof(out->path) || strchr(path, '%') != NULL)
-        return ZN_EINVAL;
-    memcpy(out->path, path, n + 1);
-    out->target = LOG_TO_FILE;
-    return 0;
-}
-
-
-/* zlog's level names: ours, plus NOTICE (between INFO and WARN) and
- * UNKNOWN (above FATAL). */
-static int
-log_zlog_level_parse(const char *name, zn_log_level_t *level)
-{
-    if (strcasecmp(name, "NOTICE") == 0)
-        *level = ZN_LOG_WARN;
-    else if (strcasecmp(name, "UNKNOWN") == 0)
-        *level = ZN_LOG_OFF;
-    else
-        return zn_log_level_parse(name, level);
-    return 0;
-}
-
-
-/*
- * A rule's level: "*" (all), "LEVEL" (that and above), "=LEVEL" (zlog: only
- * that one; here that and above) or "!LEVEL" (zlog: all but that one; here
- * all).
- */
-static int
-log_rule_level(const char *s, zn_log_level_t *level)
-{
-    char op = *s;
-    int rc;
-
-    if (op == '=' || op == '!')
-        s++;
-    if (strcmp(s, "*") == 0) {
-        *level = ZN_LOG_TRACE;
-        return 0;
-    }
-    rc = log_zlog_level_parse(s, level);
-    if (rc == 0 && op == '!')
-        *level = ZN_LOG_TRACE;
-    return rc;
-}
-
-
-/*
- * A rule's output: "path", >stdout or >stderr. zlog's other outputs
- * (>syslog, |pipe, $user) are valid but not ours: they log to stderr. The
- * options after the output (rotation, "; format") are left to zlog.
- */
-static int
-log_rule_action(char *a, log_output_t *out)
-{
-    size_t n;
-    char *end;
-
-    out->target = LOG_TO_STDERR;
-    switch (*a) {
-    case '"':
-        end = strchr(a + 1, '"');
-        if (end == NULL)
-            return ZN_EINVAL;
-        *end = '\0';
-        return log_set_path(out, a + 1);
-    case '>':
-        n = strcspn(++a, " \t,;");
-        if (n == 6 && strncmp(a, "stdout", n) == 0)
-            out->target = LOG_TO_STDOUT;
-        else if (!(n == 6 && strncmp(a, "stderr", n) == 0) &&
-                 !(n == 6 && strncmp(a, "syslog", n) == 0))
-            return ZN_EINVAL;
-        return 0;
-    case '|':
-    case '$':
-        return 0;
-    default:
-        return ZN_EINVAL;
-    }
-}
-
-
-/* zlog: "*" matches all, "aa_" matches "aa" and "aa_xx". */
-static bool
-log_rule_matches(const char *rule, const char *category)
-{
-    size_t n = strlen(rule);
-
-    if (strcmp(rule, "*") == 0 || strcmp(rule, category) == 0)
-        return true;
-    if (rule[n - 1] != '_')
-        return false;
-    return strncmp(rule, category, n) == 0 ||
-           (strlen(category) == n - 1 && strncmp(rule, category, n - 1) == 0);
-}
-
-
-/* "category.level  output[, options][; format]" */
-static int
-log_conf_rule(log_conf_t *c, char *line)
-{
-    char *action = line + strcspn(line, " \t");
-    char *dot;
-    log_output_t out;
-    int rc;
-
-    if (*action != '\0')
-        *action++ = '\0';
-    dot = strchr(line, '.');
-    if (dot == NULL || dot == line || dot[1] == '\0')
-        return ZN_EINVAL;
-    *dot = '\0';
-    if (!log_is_word(line, "_-*!"))
-        return ZN_EINVAL;
-    rc = log_rule_level(dot + 1, &out.level);
-    if (rc == 0)
-        rc = log_rule_action(log_trim(action), &out);
-    if (rc != 0)
-        return rc;
-    if (!c->matched && log_rule_matches(line, c->category)) {
-        c->out = out;
-        c->matched = true;
-    } else if (!c->have_orphan && strcmp(line, "!") == 0) {
-        c->orphan = out;
-        c->have_orphan = true;
-    }
-    return 0;
-}
-
-
-/*
- * "key = value", before any section or in [global]: "level" and "file" are
- * ours, other keys are zlog's settings and are skipped.
- */
-static int
-log_conf_keyval(log_conf_t *c, char *line)
-{
-    char *eq = strchr(line, '=');
-    char *key, *val;
-    size_t n;
-
-    if (eq == NULL)
-        return ZN_EINVAL;
-    *eq = '\0';
-    key = log_trim(line);
-    val = log_trim(eq + 1);
-    if (*val == '\0' || !log_is_word(key, " _"))
-        return ZN_EINVAL;
-    if (strcmp(key, "level") == 0)
-        return zn_log_level_parse(val, &c->out.level);
-    if (strcmp(key, "file") != 0)
-        return 0;
-    n = strlen(val);
-    if (n >= 2 && val[0] == '"' && val[n - 1] == '"') {
-        val[n - 1] = '\0';
-        val++;
-    }
-    return log_set_path(&c->out, val);
-}
-
-
-/* "[name]"; zlog requires the sections in the order of the enum. */
-static int
-log_conf_section(log_conf_t *c, char *line)
-{
-    static const char *const names[] = {"global", "levels", "formats",
-                                        "rules"};
-    size_t len = strlen(line);
-    char *name;
     int i;
 
-    if (line[len - 1] != ']')
-        return ZN_EINVAL;
-    line[len - 1] = '\0';
-    name = log_trim(line + 1);
-    for (i = 0; i < (int)ZN__ARRAY_SIZE(names); i++)
-        if (strcmp(name, names[i]) == 0)
-            break;
-    if (i == (int)ZN__ARRAY_SIZE(names) || i + 1 <= c->section)
-        return ZN_EINVAL;
-    c->section = i + 1;
-    return 0;
+    for (i = 0; i < n; i++)
+        if (sink[i].own_fd)
+            zn__close_fd(sink[i].fd);
 }
 
 
-static int
-log_conf_line(log_conf_t *c, char *line)
+/* Back to the defaults: every level to stderr. */
+static void
+log_builtin_close(void)
 {
-    line = log_trim(log_strip_comment(line));
-    if (*line == '\0')
-        return 0;
-    if (*line == '[')
-        return log_conf_section(c, line);
-    switch (c->section) {
-    case LOG_SEC_NONE:
-    case LOG_SEC_GLOBAL:
-        return log_conf_keyval(c, line);
-    case LOG_SEC_RULES:
-        return log_conf_rule(c, line);
-    default: /* [levels] and [formats]: "name = ..." lines left to zlog */
-        return strchr(line, '=') != NULL ? 0 : ZN_EINVAL;
-    }
+    log_sinks_close(log_builtin.sink, log_builtin.nsink);
+    log_builtin.sink[0] =
+        (log_sink_t){STDERR_FILENO, false, ZN__LOG_ALL_LEVELS};
+    log_builtin.nsink = 1;
 }
 
 
-/* A NUL byte means the file is not text; anything unknown is an error. */
+/* Opens every output of `c`, or none: on error those opened are closed. */
 static int
-log_conf_parse(log_conf_t *c, char *text, size_t len)
+log_sinks_open(const zn__log_conf_t *c, log_src_t *src, log_sink_t *sink)
 {
-    char *line, *next;
-    int rc;
+    const zn__log_output_t *o;
+    int i, fd;
 
-    if (strlen(text) != len)
-        return ZN_EINVAL;
-    log_conf_join_lines(text);
-    for (line = text; line != NULL; line = next) {
-        next = strchr(line, '\n');
-        if (next != NULL)
-            *next++ = '\0';
-        rc = log_conf_line(c, line);
-        if (rc != 0)
-            return rc;
-    }
-    if (!c->matched && c->have_orphan)
-        c->out = c->orphan;
-    return 0;
-}
-
-
-static int
-log_conf_load(log_conf_t *c, const char *path)
-{
-    struct stat st;
-    size_t len = 0;
-    char *text;
-    ssize_t n;
-    int fd, rc = 0;
-
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return -errno;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_size > LOG_CONF_MAX) {
-        rc = ZN_EINVAL;
-        goto close_fd;
-    }
-    if ((text = zn__malloc((size_t)st.st_size + 1)) == NULL) {
-        rc = ZN_ENOMEM;
-        goto close_fd;
-    }
-    while (len < (size_t)st.st_size &&
-           (n = read(fd, text + len, (size_t)st.st_size - len)) != 0) {
-        if (n < 0 && errno != EINTR) {
-            rc = -errno;
-            goto free_text;
+    for (i = 0; i < c->nout; i++) {
+        o = &c->out[i];
+        fd = o->target == ZN__LOG_TO_STDOUT ? STDOUT_FILENO : STDERR_FILENO;
+        if (o->target == ZN__LOG_TO_FILE &&
+            (fd = open(o->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                       c->file_perms)) < 0) {
+            fd = -errno;
+            snprintf(src->why, sizeof(src->why), "%s:%d: cannot open %s: %s",
+                     src->path, o->line, o->path, zn_strerror(fd));
+            log_sinks_close(sink, i);
+            return fd;
         }
-        len += n > 0 ? (size_t)n : 0;
+        sink[i] = (log_sink_t){fd, o->target == ZN__LOG_TO_FILE, o->levels};
     }
-    text[len] = '\0';
-    rc = log_conf_parse(c, text, len);
-free_text:
-    zn__free(text);
-close_fd:
-    zn__close_fd(fd);
-    return rc;
-}
-
-
-static int
-log_output_open(const log_output_t *out)
-{
-    int fd;
-
-    if (out->target == LOG_TO_STDERR)
-        return STDERR_FILENO;
-    if (out->target == LOG_TO_STDOUT)
-        return STDOUT_FILENO;
-    fd = open(out->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-              LOG_FILE_PERMS);
-    return fd >= 0 ? fd : -errno;
+    return 0;
 }
 
 
 /*
- * Everything that can fail (reading, parsing, opening the new output)
- * happens before the old output is closed, so a failure changes nothing.
+ * Everything that can fail (parsing, opening the new outputs) happens
+ * before the old outputs are closed, so a failure changes nothing. Without
+ * a file: every level to stderr, the facade at INFO.
  */
 static int
-log_builtin_open(const char *conf, const char *category,
-                 zn_log_level_t *level)
+log_builtin_open(log_src_t *src, const char *category, zn_log_level_t *level)
 {
-    log_conf_t c = {.category = category,
-                    .out = {.level = ZN_LOG_INFO, .target = LOG_TO_STDERR}};
-    int fd, rc;
+    log_sink_t sink[ZN__LOG_OUTPUTS_MAX];
+    zn__log_conf_t c;
+    int rc;
 
-    if (conf != NULL && (rc = log_conf_load(&c, conf)) != 0)
+    if (src->path == NULL) {
+        log_builtin_close();
+        *level = ZN_LOG_INFO;
+        return 0;
+    }
+    rc = zn__log_conf_parse(&c, src->path, src->text, src->len, category);
+    if (rc != 0) {
+        memcpy(src->why, c.why, sizeof(src->why));
         return rc;
-    if ((fd = log_output_open(&c.out)) < 0)
-        return fd;
-    log_builtin_close();
-    log_builtin.fd = fd;
-    log_builtin.own_fd = c.out.target == LOG_TO_FILE;
-    *level = c.out.level;
+    }
+    if ((rc = log_sinks_open(&c, src, sink)) != 0)
+        return rc;
+    log_sinks_close(log_builtin.sink, log_builtin.nsink);
+    memcpy(log_builtin.sink, sink, sizeof(sink[0]) * (size_t)c.nout);
+    log_builtin.nsink = c.nout;
+    *level = c.level;
     return 0;
 }
