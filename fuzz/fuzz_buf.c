@@ -1,13 +1,14 @@
 /*
  * fuzz_buf.c: the byte buffer against a plain model. The input is a
  * program of operations (append, consume, prepend, reserve and commit,
- * shrink, read, set a cap); after each one the buffer must hold exactly
- * the model's bytes, and an operation refused for the cap must change
- * nothing.
+ * shrink, read, set a cap, a transport's read); after each one the buffer
+ * must hold exactly the model's bytes, and an operation refused for the
+ * cap must change nothing.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "znet/buf.h"
 
@@ -52,6 +53,42 @@ fill(uint8_t *p, size_t n, size_t seed)
 }
 
 
+/* A transport's read: up to n bytes into the pieces zn_buf_read_begin()
+ * gives (the buffer's free space, then a scratch area of n % 8192 bytes),
+ * then zn_buf_read_end(). */
+static int
+read_step(zn_buf_t *b, model_t *m, size_t n, uint8_t *tmp)
+{
+    static char extra[8192];
+    struct iovec iov[2];
+    size_t total = 0, k, off = 0;
+    int cnt, i;
+
+    cnt = zn_buf_read_begin(b, iov, extra, n % sizeof(extra));
+    if (cnt == ZN_ENOBUFS && b->max != 0 && m->n >= b->max)
+        return 0;
+    if (cnt <= 0 || cnt > 2)
+        abort();
+    for (i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    k = n % (total + 1);
+    if (m->n + k > MODEL_MAX)
+        return -1;
+    fill(tmp, k, m->n);
+    for (i = 0; i < cnt && off < k; i++) {
+        size_t part = k - off < iov[i].iov_len ? k - off : iov[i].iov_len;
+
+        memcpy(iov[i].iov_base, tmp + off, part);
+        off += part;
+    }
+    if (zn_buf_read_end(b, iov, cnt, k) != 0)
+        abort();
+    memcpy(m->v + m->n, tmp, k);
+    m->n += k;
+    return 0;
+}
+
+
 /* One operation on both; returns 0, or -1 when the model would grow
  * past MODEL_MAX (the program stops there). */
 static int
@@ -59,16 +96,16 @@ step(zn_buf_t *b, model_t *m, uint8_t op, size_t n, uint8_t *tmp)
 {
     int rc;
 
-    switch (op % 7) {
+    switch (op % 8) {
     case 0: /* append */
     case 2: /* prepend */
         if (m->n + n > MODEL_MAX)
             return -1;
         fill(tmp, n, m->n);
-        rc = op % 7 == 0 ? zn_buf_append(b, tmp, n) : zn_buf_prepend(b, tmp, n);
-        if (rc == 0 && op % 7 == 0)
+        rc = op % 8 == 0 ? zn_buf_append(b, tmp, n) : zn_buf_prepend(b, tmp, n);
+        if (rc == 0 && op % 8 == 0)
             memcpy(m->v + m->n, tmp, n);
-        if (rc == 0 && op % 7 == 2) {
+        if (rc == 0 && op % 8 == 2) {
             memmove(m->v + n, m->v, m->n);
             memcpy(m->v, tmp, n);
         }
@@ -105,6 +142,8 @@ step(zn_buf_t *b, model_t *m, uint8_t op, size_t n, uint8_t *tmp)
         memmove(m->v, m->v + n, m->n - n);
         m->n -= n;
         break;
+    case 7: /* a transport's read */
+        return read_step(b, m, n, tmp);
     default: /* a cap at or above what is held, or none */
         zn_buf_set_max(b, n % 3 == 0 ? 0 : m->n + n);
         break;

@@ -101,6 +101,10 @@ typedef struct zn_frame_s {
 ZN_EXTERN int zn_frame_encode_header(uint8_t *out,
                                      const zn_frame_header_t *h);
 
+/* Rewrites the seq field of an encoded header (a request packed before its
+ * seq was known). */
+ZN_EXTERN void zn_frame_set_seq(uint8_t *hdr, uint32_t seq);
+
 /*
  * Decodes the header at the start of data, of which len bytes are present
  * (len may be smaller than a header: the start of a stream).

@@ -83,7 +83,8 @@ typedef struct {
     uint64_t idle_ms;          /* no complete frame for this long: close;
                                   0: off */
     unsigned max_depth;        /* protobuf nesting limit; 0: 64 */
-    unsigned workers;          /* 0: handlers run on the loop thread */
+    unsigned workers;          /* 0: handlers run on the loop thread;
+                                  at most 1024 (else ZN_EINVAL) */
     unsigned queue_max;        /* requests waiting for a worker, in all;
                                   0: 1024 per worker. Over it: OVERLOADED */
     bool ordered;              /* one connection's requests always go to

@@ -46,7 +46,8 @@ typedef struct {
     int backlog;            /* listen() backlog; 0: 511 */
     bool reuseport;         /* SO_REUSEPORT, one listener per IO loop */
     bool no_nodelay;        /* leave Nagle on (TCP_NODELAY is the default) */
-    unsigned io_threads;    /* 0: the main loop runs every connection */
+    unsigned io_threads;    /* 0: the main loop runs every connection;
+                               at most 256 (else ZN_EINVAL) */
     zn_balance_t balance;   /* how connections are spread over IO loops */
     unsigned max_conns;     /* 0: unlimited (bounded by descriptors) */
     unsigned accepts_per_wakeup; /* 0: 64 */

@@ -57,6 +57,13 @@ zn_frame_encode_header(uint8_t *out, const zn_frame_header_t *h)
 }
 
 
+void
+zn_frame_set_seq(uint8_t *hdr, uint32_t seq)
+{
+    store_be32(hdr + FRAME_OFF_SEQ, seq);
+}
+
+
 /*
  * Checks each field as soon as its last byte is present, in wire order, so
  * that a stream is refused at the earliest byte that makes it invalid: a

@@ -34,7 +34,7 @@
 
 #include "idmap.h"
 #include "internal.h"
-#include "msg/pbsafe.h"
+#include "msg/msg_int.h"
 #include "znet/log.h"
 #include "znet/rpc.h"
 
@@ -198,43 +198,12 @@ zn__rpc_count(_Atomic uint64_t *c, int64_t n)
 }
 
 
-/* The body size of `msg`; ZN_EMSGSIZE if a frame cannot carry it. */
+/* The body size of `msg` (packing is service.c's, written once); 0 or
+ * ZN_EMSGSIZE if a frame cannot carry it. */
 static int
 zn__rpc_body_size(const ProtobufCMessage *msg, size_t *body)
 {
-    size_t n = protobuf_c_message_get_packed_size(msg);
-
-    if (n > UINT32_MAX || n > SIZE_MAX - ZN_FRAME_HEADER_SIZE)
-        return ZN_EMSGSIZE;
-    *body = n;
-    return 0;
-}
-
-
-/* Packs one frame into `out` (ZN_FRAME_HEADER_SIZE + body bytes). */
-static void
-zn__rpc_pack(uint8_t *out, uint32_t cmd, uint32_t seq, uint8_t flags,
-             const ProtobufCMessage *msg, size_t body)
-{
-    zn_frame_header_t h;
-
-    h.length = (uint32_t)body;
-    h.cmd = cmd;
-    h.seq = seq;
-    h.flags = flags;
-    (void)zn_frame_encode_header(out, &h);
-    if (body > 0)
-        protobuf_c_message_pack(msg, out + ZN_FRAME_HEADER_SIZE);
-}
-
-
-static void
-zn__rpc_patch_seq(uint8_t *frame, uint32_t seq)
-{
-    frame[12] = (uint8_t)(seq >> 24);
-    frame[13] = (uint8_t)(seq >> 16);
-    frame[14] = (uint8_t)(seq >> 8);
-    frame[15] = (uint8_t)seq;
+    return zn__msg_frame_size(msg, body) != 0 ? 0 : ZN_EMSGSIZE;
 }
 
 
@@ -801,7 +770,7 @@ zn__rpc_call_here(zn_rpc_t *r, uint32_t cmd, const ProtobufCMessage *req,
             zn__free(frame);
         return rc;
     }
-    zn__rpc_pack(frame, cmd, call->seq, 0, req, body);
+    zn__msg_pack_into(frame, cmd, call->seq, 0, req, body);
     if ((rc = zn__rpc_transmit(r, call, frame, len, owned)) != 0) {
         zn__rpc_detach(r, call);
         zn__rpc_count(&r->st.calls, -1);
@@ -847,7 +816,7 @@ zn__rpc_task(void *ud)
     call->frame = NULL;
     rc = zn__rpc_check(r);
     if (rc == 0 && (rc = zn__rpc_register(r, call)) == 0) {
-        zn__rpc_patch_seq(frame, call->seq);
+        zn_frame_set_seq(frame, call->seq);
         if ((rc = zn__rpc_transmit(r, call, frame, call->frame_len, true)) ==
             0) {
             zn__rpc_release(r);
@@ -873,7 +842,7 @@ zn__rpc_post(zn_rpc_t *r, zn__rpc_call_t *call, const ProtobufCMessage *req,
         zn__free(call);
         return ZN_ENOMEM;
     }
-    zn__rpc_pack(call->frame, call->cmd, 0, flags, req, body);
+    zn__msg_pack_into(call->frame, call->cmd, 0, flags, req, body);
     call->frame_len = len;
     zn__rpc_hold(r);
     atomic_fetch_add_explicit(&r->posted, 1, memory_order_relaxed);
@@ -963,7 +932,7 @@ zn_rpc_send_oneway(zn_rpc_t *r, uint32_t cmd, const ProtobufCMessage *req)
     }
     if (len > sizeof(stack) && (frame = zn__malloc(len)) == NULL)
         return ZN_ENOMEM;
-    zn__rpc_pack(frame, cmd, 0, ZN_FRAME_F_ONEWAY, req, body);
+    zn__msg_pack_into(frame, cmd, 0, ZN_FRAME_F_ONEWAY, req, body);
     rc = zn__rpc_can_send(r) ? zn_conn_send(r->conn, frame, len) : ZN_ENOTCONN;
     if (frame != stack)
         zn__free(frame);
