@@ -1093,7 +1093,12 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
 
     (void)io;
     zn_conn_ref(c);
-    if ((events & ZN_READABLE) && (c->io.events & ZN_READABLE))
+    /* A transport that remaps the events (TLS) may need this event to go
+     * on with a read or a write whatever its direction: try what is
+     * wanted. */
+    if (c->g->tp->events != NULL
+            ? (zn__conn_wanted(c) & ZN_READABLE) != 0
+            : (events & ZN_READABLE) && (c->io.events & ZN_READABLE))
         zn__conn_read(c);
     if ((events & ZN_WRITABLE) || zn__out_len(c) > 0)
         zn__conn_flush(c);
