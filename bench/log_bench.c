@@ -6,7 +6,7 @@
  * iteration, median of ROUNDS rounds:
  *
  *   nothing    an empty loop body (a compiler barrier, so the loop stays);
- *   filtered   ZN_DEBUG("...", i) with the level at INFO: the macro calls
+ *   filtered   ZN_LOG(ZN_LOG_DEBUG, "...", i), the level at INFO: it calls
  *              zn_log_enabled(), which loads the level and compares;
  *   enabled()  zn_log_enabled(ZN_LOG_DEBUG) alone, its result kept.
  *
@@ -66,7 +66,7 @@ loop_filtered(unsigned long n)
 
     for (i = 0; i < n; i++) {
         __asm__ volatile("" ::: "memory");
-        ZN_DEBUG("filtered %lu", i);
+        ZN_LOG(ZN_LOG_DEBUG, "filtered %lu", i);
     }
 }
 

@@ -30,7 +30,7 @@ static void
 on_signal(zn_loop_t *loop, int signum, void *ud)
 {
     (void)ud;
-    ZN_INFO("echo_server: signal %d, stopping", signum);
+    ZN_LOG(ZN_LOG_INFO, "echo_server: signal %d, stopping", signum);
     zn_loop_stop(loop);
 }
 
@@ -119,8 +119,8 @@ main(int argc, char **argv)
                 zn_strerror(rc));
         return 1;
     }
-    ZN_INFO("echo_server: listening on %s:%u, %u io threads", o.host,
-            zn_server_port(srv), o.io_threads);
+    ZN_LOG(ZN_LOG_INFO, "echo_server: listening on %s:%u, %u io threads",
+           o.host, zn_server_port(srv), o.io_threads);
     rc = zn_loop_run(loop);
     zn_server_stop(srv, 5000);
     zn_server_free(srv);

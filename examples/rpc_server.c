@@ -42,7 +42,7 @@ static void
 on_signal(zn_loop_t *loop, int signum, void *ud)
 {
     (void)ud;
-    ZN_INFO("rpc_server: signal %d, shutting down", signum);
+    ZN_LOG(ZN_LOG_INFO, "rpc_server: signal %d, shutting down", signum);
     zn_loop_stop(loop);
 }
 
@@ -126,13 +126,14 @@ main(int argc, char **argv)
     if ((rc = zn_server_new(loop, &so, &srv)) != 0 ||
         (rc = zn_server_start(srv)) != 0)
         goto free_all;
-    ZN_INFO("rpc_server: listening on %s:%u", so.host, zn_server_port(srv));
+    ZN_LOG(ZN_LOG_INFO, "rpc_server: listening on %s:%u", so.host,
+           zn_server_port(srv));
 
     /* 7. run until SIGINT or SIGTERM; then stop accepting, finish the
      * requests in flight and flush their replies, in 5 s at most */
     rc = zn_loop_run(loop);
     if (zn_msg_service_drain(svc, srv, 5000) != 0)
-        ZN_WARN("rpc_server: shutdown cut short after 5 s");
+        ZN_LOG(ZN_LOG_WARN, "rpc_server: shutdown cut short after 5 s");
 free_all:
     if (rc != 0)
         fprintf(stderr, "rpc_server: %s:%u: %s\n", so.host, so.port,

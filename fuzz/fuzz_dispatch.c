@@ -132,7 +132,7 @@ on_app_error(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
 {
     (void)msg;
     (void)ud;
-    zn_msg_reply_error(req, ZN_ERR_APP_BASE, "bomb defused");
+    zn_msg_reply_error(req, ZN_CODE_APP_BASE, "bomb defused");
 }
 
 
@@ -272,8 +272,8 @@ fz_check_error_body(const zn_frame_t *f)
     Znet__Error *e = znet__error__unpack(NULL, f->hdr.length, f->body);
 
     FZ_CHECK(e != NULL);
-    FZ_CHECK((e->code >= ZN_ERR_UNKNOWN_CMD && e->code <= ZN_ERR_INTERNAL) ||
-             e->code == ZN_ERR_APP_BASE);
+    FZ_CHECK((e->code >= ZN_CODE_UNKNOWN_CMD && e->code <= ZN_CODE_INTERNAL) ||
+             e->code == ZN_CODE_APP_BASE);
     znet__error__free_unpacked(e, NULL);
 }
 

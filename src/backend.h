@@ -21,7 +21,7 @@ typedef struct zn__backend_s {
     /* Frees it; every watcher has been stopped. */
     void (*close)(zn_loop_t *loop);
 
-    /* Starts watching io->fd for `events` (ZN_READABLE | ZN_WRITABLE),
+    /* Starts watching io->fd for `events` (ZN_EV_READABLE | ZN_EV_WRITABLE),
      * or changes the set of a started watcher (io->slot >= 0). Sets
      * io->slot on a start. Returns 0 or a negative error (the watcher is
      * then as before). */
@@ -48,8 +48,8 @@ extern const zn__backend_t zn__backend_epoll;
 static inline int
 zn__loop_io_ready(zn_io_t *io, unsigned ev)
 {
-    ev &= io->events | ZN_HANGUP | ZN_ERROR_EV;
-    if ((ev & (ZN_READABLE | ZN_WRITABLE)) == 0 && !(ev & ZN_ERROR_EV))
+    ev &= io->events | ZN_EV_HANGUP | ZN_EV_ERROR;
+    if ((ev & (ZN_EV_READABLE | ZN_EV_WRITABLE)) == 0 && !(ev & ZN_EV_ERROR))
         return 0;
     io->cb(io, ev, io->ud);
     return 1;

@@ -84,8 +84,8 @@ zn__epoll_watch(zn_loop_t *loop, zn_io_t *io, unsigned events)
         (rc = zn__epoll_grow(ep, io->fd)) != 0)
         return rc;
     memset(&ev, 0, sizeof(ev));
-    ev.events = ((events & ZN_READABLE) ? EPOLLIN | EPOLLRDHUP : 0) |
-                ((events & ZN_WRITABLE) ? EPOLLOUT : 0);
+    ev.events = ((events & ZN_EV_READABLE) ? EPOLLIN | EPOLLRDHUP : 0) |
+                ((events & ZN_EV_WRITABLE) ? EPOLLOUT : 0);
     ev.data.fd = io->fd;
     if (epoll_ctl(ep->epfd, io->slot < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD,
                   io->fd, &ev) < 0)
@@ -119,13 +119,13 @@ zn__epoll_events(uint32_t e)
     unsigned ev = 0;
 
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        ev |= ZN_READABLE;
+        ev |= ZN_EV_READABLE;
     if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-        ev |= ZN_WRITABLE;
+        ev |= ZN_EV_WRITABLE;
     if (e & (EPOLLHUP | EPOLLRDHUP))
-        ev |= ZN_HANGUP;
+        ev |= ZN_EV_HANGUP;
     if (e & EPOLLERR)
-        ev |= ZN_ERROR_EV;
+        ev |= ZN_EV_ERROR;
     return ev;
 }
 

@@ -310,7 +310,7 @@ zn__client_connect(zn_client_t *cl)
         return;
     }
     zn_io_init(cl->loop, &cl->io, fd, zn__client_io_cb, cl);
-    if ((rc = zn_io_start(&cl->io, ZN_WRITABLE)) != 0) {
+    if ((rc = zn_io_start(&cl->io, ZN_EV_WRITABLE)) != 0) {
         zn__client_connect_fail(cl, rc);
         return;
     }

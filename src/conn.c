@@ -315,9 +315,9 @@ zn__conn_wanted(const zn_conn_t *c)
                                   memory_order_relaxed);
 
     if (st == ZN__OPEN && !c->eof && !c->paused_user && !c->paused_hwm)
-        ev |= ZN_READABLE;
+        ev |= ZN_EV_READABLE;
     if (st != ZN__CLOSED && zn__out_len(c) > 0)
-        ev |= ZN_WRITABLE;
+        ev |= ZN_EV_WRITABLE;
     return ev;
 }
 
@@ -335,7 +335,7 @@ zn__conn_update_io(zn_conn_t *c)
     int rc;
 
     if (c->tm != NULL)
-        zn__conn_pause_clock(c, (want & ZN_READABLE) != 0);
+        zn__conn_pause_clock(c, (want & ZN_EV_READABLE) != 0);
     if (want != 0 && c->g->tp->events != NULL)
         want = c->g->tp->events(c, want);
     if (want == 0) {
@@ -1097,10 +1097,10 @@ zn__conn_io_cb(zn_io_t *io, unsigned events, void *ud)
      * on with a read or a write whatever its direction: try what is
      * wanted. */
     if (c->g->tp->events != NULL
-            ? (zn__conn_wanted(c) & ZN_READABLE) != 0
-            : (events & ZN_READABLE) && (c->io.events & ZN_READABLE))
+            ? (zn__conn_wanted(c) & ZN_EV_READABLE) != 0
+            : (events & ZN_EV_READABLE) && (c->io.events & ZN_EV_READABLE))
         zn__conn_read(c);
-    if ((events & ZN_WRITABLE) || zn__out_len(c) > 0)
+    if ((events & ZN_EV_WRITABLE) || zn__out_len(c) > 0)
         zn__conn_flush(c);
     else
         zn__conn_update_io(c);

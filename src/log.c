@@ -333,7 +333,7 @@ zn_log_init(const char *conf, const char *category)
     zn__free(src.text);
 log_why:
     if (rc != 0 && src.why[0] != '\0')
-        ZN_ERROR("%s", src.why);
+        ZN_LOG(ZN_LOG_ERROR, "%s", src.why);
     return rc;
 }
 

@@ -69,7 +69,7 @@ zn_loop_new_opts(zn_loop_t **out, const zn_loop_opts_t *opts)
     snprintf(loop->name, sizeof(loop->name), "loop");
     loop->now = zn_now_ms();
     zn_io_init(loop, &loop->wake_io, loop->wakefd, zn__loop_wake_cb, loop);
-    rc = zn_io_start(&loop->wake_io, ZN_READABLE);
+    rc = zn_io_start(&loop->wake_io, ZN_EV_READABLE);
     if (rc != 0)
         goto close_wakefd;
     *out = loop;
@@ -375,7 +375,7 @@ zn_io_start(zn_io_t *io, unsigned events)
     bool was_active = io->slot >= 0;
     int rc;
 
-    events &= ZN_READABLE | ZN_WRITABLE;
+    events &= ZN_EV_READABLE | ZN_EV_WRITABLE;
     if (events == 0) {
         zn_io_stop(io);
         return 0;
@@ -606,7 +606,7 @@ zn_loop_handle_signals(zn_loop_t *loop, const int *sigs, zn_signal_cb cb,
     if (loop->sigfd < 0) {
         loop->sigfd = fd;
         zn_io_init(loop, &loop->sig_io, fd, zn__loop_signal_cb, loop);
-        if ((rc = zn_io_start(&loop->sig_io, ZN_READABLE)) != 0) {
+        if ((rc = zn_io_start(&loop->sig_io, ZN_EV_READABLE)) != 0) {
             zn__close_fd(fd);
             loop->sigfd = -1;
             return rc;

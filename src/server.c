@@ -312,7 +312,7 @@ zn__listener_resume(zn_timer_t *t, void *ud)
     zn__listener_t *l = ud;
 
     (void)t;
-    if (l->fd >= 0 && zn_io_start(&l->io, ZN_READABLE) != 0)
+    if (l->fd >= 0 && zn_io_start(&l->io, ZN_EV_READABLE) != 0)
         zn_timer_start(&l->pause_timer, l->backoff, 0);
 }
 
@@ -374,7 +374,7 @@ zn__listener_open(zn_server_t *s, zn__listener_t *l, zn__ioctx_t *ctx)
     l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     zn_io_init(ctx->loop, &l->io, l->fd, zn__listener_cb, l);
     zn_timer_init(ctx->loop, &l->pause_timer, zn__listener_resume, l);
-    if ((rc = zn_io_start(&l->io, ZN_READABLE)) != 0) {
+    if ((rc = zn_io_start(&l->io, ZN_EV_READABLE)) != 0) {
         zn__close_fd(l->fd);
         zn__close_fd(l->spare_fd);
         l->fd = -1;

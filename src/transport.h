@@ -38,7 +38,7 @@ typedef struct zn__transport_s {
     void (*close)(zn_conn_t *c, bool abortive);
 
     /* The io events to wait for when the connection wants `want`
-     * (ZN_READABLE to read, ZN_WRITABLE to write). A transport with a
+     * (ZN_EV_READABLE to read, ZN_EV_WRITABLE to write). A transport with a
      * protocol of its own may need the other direction (TLS: a read that
      * waits for a handshake write). NULL: `want` itself. A connection
      * whose transport has this then tries to read and to write on any

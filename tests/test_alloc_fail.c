@@ -656,7 +656,7 @@ sc_loop(const void *arg)
     efd = fcntl(rc, F_DUPFD_CLOEXEC, 300);
     close(rc);
     zn_io_init(fx.loop, &fx.io, efd, loop_on_io, &fx);
-    rc = zn_io_start(&fx.io, ZN_READABLE);
+    rc = zn_io_start(&fx.io, ZN_EV_READABLE);
     FA_NOTE_RC(rc == 0 || rc == ZN_ENOMEM, rc);
     for (end = zn_now_ms() + 2000; !loop_done(&fx) && zn_now_ms() < end;)
         zn_loop_run_once(fx.loop, 5);

@@ -271,12 +271,12 @@ test_filtered_arguments_are_not_evaluated(void **state)
 
     zn_log_set_handler(capture_cb, NULL);
     zn_log_set_level(ZN_LOG_WARN);
-    ZN_DEBUG("filtered %d", bump(&calls));
-    ZN_INFO("filtered %d", calls++);
+    ZN_LOG(ZN_LOG_DEBUG, "filtered %d", bump(&calls));
+    ZN_LOG(ZN_LOG_INFO, "filtered %d", calls++);
     ZN_LOG_RL(ZN_LOG_TRACE, 5, "filtered %d", bump(&calls));
     assert_int_equal(calls, 0);
     assert_int_equal(atomic_load(&cap.count), 0);
-    ZN_WARN("kept %d", bump(&calls));
+    ZN_LOG(ZN_LOG_WARN, "kept %d", bump(&calls));
     assert_int_equal(calls, 1);
     assert_int_equal(atomic_load(&cap.count), 1);
     zn_log_write(ZN_LOG_DEBUG, __FILE__, __LINE__, "direct, filtered");
@@ -291,7 +291,7 @@ test_handler_gets_formatted_message(void **state)
 
     zn_log_set_handler(capture_cb, NULL);
     line = __LINE__ + 1;
-    ZN_ERROR("hello %s %d", "world", 42);
+    ZN_LOG(ZN_LOG_ERROR, "hello %s %d", "world", 42);
     assert_int_equal(cap.nmsgs, 1);
     assert_string_equal(cap.msgs[0], "hello world 42");
     assert_int_equal(cap.levels[0], ZN_LOG_ERROR);
@@ -310,7 +310,7 @@ test_handler_gets_long_message_whole(void **state)
     memset(big, 'x', n);
     big[n] = '\0';
     zn_log_set_handler(capture_cb, NULL);
-    ZN_WARN("<%s>", big);
+    ZN_LOG(ZN_LOG_WARN, "<%s>", big);
     assert_int_equal(cap.last_len, n + 2);
     free(big);
 }
@@ -323,7 +323,7 @@ reentrant_cb(zn_log_level_t level, const char *file, int line,
 {
     (*(int *)ud)++;
     errno = 0;
-    ZN_ERROR("from inside the handler");
+    ZN_LOG(ZN_LOG_ERROR, "from inside the handler");
     assert_int_equal(zn_log_init(NULL, NULL), ZN_EBUSY);
 }
 
@@ -335,7 +335,7 @@ test_handler_logging_does_not_recurse(void **state)
 
     zn_log_set_handler(reentrant_cb, &calls);
     errno = EAGAIN;
-    ZN_ERROR("outer");
+    ZN_LOG(ZN_LOG_ERROR, "outer");
     assert_int_equal(errno, EAGAIN);
     assert_int_equal(calls, 1);
 }
@@ -411,7 +411,7 @@ rl_thread(void *arg)
     for (i = 0; i < 5000; i++) {
         if (zn_log_ratelimit(&shared_rl, 100)) {
             r->allowed++;
-            ZN_INFO("allowed");
+            ZN_LOG(ZN_LOG_INFO, "allowed");
         } else {
             r->refused++;
         }
@@ -482,7 +482,7 @@ assert_logs_to(const char *path, const char *tag)
 {
     char *text, *last;
 
-    ZN_ERROR("%s", tag);
+    ZN_LOG(ZN_LOG_ERROR, "%s", tag);
     text = read_text(path);
     last = strstr(text, tag);
     assert_non_null(last);
@@ -587,7 +587,7 @@ test_fini_closes_output_file(void **state)
     zn_log_fini();
     assert_int_equal(count_open_fds(), before);
     zn_log_set_level(ZN_LOG_OFF); /* keep stderr quiet */
-    ZN_ERROR("after fini");
+    ZN_LOG(ZN_LOG_ERROR, "after fini");
     zn_log_set_level(ZN_LOG_INFO);
     text = read_text(out);
     assert_null(strstr(text, "after fini"));
@@ -657,7 +657,7 @@ log_thread(void *arg)
 
     lt->tid = (long)gettid();
     for (i = 0; i < LINES_PER_THREAD; i++)
-        ZN_INFO("thread %d seq %d", lt->index, i);
+        ZN_LOG(ZN_LOG_INFO, "thread %d seq %d", lt->index, i);
     return NULL;
 }
 
@@ -703,7 +703,7 @@ static void *
 spam_thread(void *arg)
 {
     while (!atomic_load(&reconfig_stop))
-        ZN_WARN("spam %d", *(int *)arg);
+        ZN_LOG(ZN_LOG_WARN, "spam %d", *(int *)arg);
     return NULL;
 }
 
@@ -762,7 +762,7 @@ test_builtin_line_layout(void **state)
     tmp_path(out, sizeof(out), "layout.log");
     write_rule_conf(conf, "server", "WARN", out);
     assert_int_equal(zn_log_init(conf, "server"), 0);
-    ZN_WARN("hello %d", 7);
+    ZN_LOG(ZN_LOG_WARN, "hello %d", 7);
     text = read_text(out);
     assert_int_equal(regcomp(&re, LINE_RE, REG_EXTENDED | REG_NEWLINE), 0);
     assert_int_equal(regexec(&re, text, 5, m, 0), 0);
@@ -1296,7 +1296,7 @@ test_zlog_trace_goes_out_as_debug(void **state)
     write_rule_conf(conf, "server", "DEBUG", out);
     assert_int_equal(zn_log_init(conf, "server"), 0);
     assert_int_equal(zn_log_get_level(), ZN_LOG_TRACE);
-    ZN_TRACE("traced");
+    ZN_LOG(ZN_LOG_TRACE, "traced");
     text = read_text(out);
     assert_non_null(strstr(text, " DEBUG [tid "));
     assert_non_null(strstr(text, ": traced\n"));

@@ -539,7 +539,7 @@ test_stopped_watcher_gets_no_stale_event_in_batch(void **state)
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, p.fds[i]), 0);
         assert_int_equal(write(p.fds[i][1], "x", 1), 1);
         zn_io_init(loop, &p.io[i], p.fds[i][0], stopper_cb, &p);
-        assert_int_equal(zn_io_start(&p.io[i], ZN_READABLE), 0);
+        assert_int_equal(zn_io_start(&p.io[i], ZN_EV_READABLE), 0);
     }
     assert_int_equal(zn_loop_run_once(loop, 1000), 1);
     assert_int_equal(p.calls[0] + p.calls[1], 1);
@@ -557,11 +557,11 @@ echo_watch_cb(zn_io_t *io, unsigned events, void *ud)
 {
     char c;
 
-    if (events & ZN_READABLE) {
+    if (events & ZN_EV_READABLE) {
         assert_int_equal(read(io->fd, &c, 1), 1);
         *(int *)ud += 1;
-        zn_io_start(io, ZN_WRITABLE); /* change the set */
-    } else if (events & ZN_WRITABLE) {
+        zn_io_start(io, ZN_EV_WRITABLE); /* change the set */
+    } else if (events & ZN_EV_WRITABLE) {
         *(int *)ud += 10;
         zn_io_stop(io);
     }
@@ -579,7 +579,7 @@ test_watcher_changes_events(void **state)
     assert_int_equal(zn_loop_new(&loop), 0);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
     zn_io_init(loop, &io, fds[0], echo_watch_cb, &seen);
-    assert_int_equal(zn_io_start(&io, ZN_READABLE), 0);
+    assert_int_equal(zn_io_start(&io, ZN_EV_READABLE), 0);
     assert_true(zn_io_active(&io));
     assert_int_equal(write(fds[1], "y", 1), 1);
     zn_loop_run_once(loop, 1000);

@@ -55,12 +55,12 @@ extern "C" {
  * codes of functions.
  */
 typedef enum {
-    ZN_ERR_UNKNOWN_CMD = 1,    /* no handler is registered for cmd */
-    ZN_ERR_BAD_REQUEST = 2,    /* the body does not decode as cmd's type */
-    ZN_ERR_OVERLOADED = 3,     /* the worker queue is full */
-    ZN_ERR_INTERNAL = 4,       /* the server failed (out of memory, ...) */
-    ZN_ERR_SHUTTING_DOWN = 5,  /* the server no longer takes requests */
-    ZN_ERR_APP_BASE = 1000     /* this code and above: the application's */
+    ZN_CODE_UNKNOWN_CMD = 1,    /* no handler is registered for cmd */
+    ZN_CODE_BAD_REQUEST = 2,    /* the body does not decode as cmd's type */
+    ZN_CODE_OVERLOADED = 3,     /* the worker queue is full */
+    ZN_CODE_INTERNAL = 4,       /* the server failed (out of memory, ...) */
+    ZN_CODE_SHUTTING_DOWN = 5,  /* the server no longer takes requests */
+    ZN_CODE_APP_BASE = 1000     /* this code and above: the application's */
 } zn_frame_err_t;
 
 /*

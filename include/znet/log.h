@@ -160,12 +160,6 @@ ZN_EXTERN bool zn_log_ratelimit(zn_log_rl_t *rl, unsigned burst);
             zn_log_write((level), __FILE__, __LINE__, __VA_ARGS__);           \
     } while (0)
 
-#define ZN_TRACE(...) ZN_LOG(ZN_LOG_TRACE, __VA_ARGS__)
-#define ZN_DEBUG(...) ZN_LOG(ZN_LOG_DEBUG, __VA_ARGS__)
-#define ZN_INFO(...) ZN_LOG(ZN_LOG_INFO, __VA_ARGS__)
-#define ZN_WARN(...) ZN_LOG(ZN_LOG_WARN, __VA_ARGS__)
-#define ZN_ERROR(...) ZN_LOG(ZN_LOG_ERROR, __VA_ARGS__)
-
 #ifdef __cplusplus
 }
 #endif

@@ -29,10 +29,10 @@ typedef struct zn_task_s zn_task_t;
 
 /* Events for zn_io_start(); the same bits arrive in the callback. */
 enum {
-    ZN_READABLE = 1,
-    ZN_WRITABLE = 2,
-    ZN_HANGUP = 4, /* reported only: EPOLLHUP/EPOLLRDHUP */
-    ZN_ERROR_EV = 8 /* reported only: EPOLLERR */
+    ZN_EV_READABLE = 1,
+    ZN_EV_WRITABLE = 2,
+    ZN_EV_HANGUP = 4, /* reported only: EPOLLHUP/EPOLLRDHUP */
+    ZN_EV_ERROR = 8 /* reported only: EPOLLERR */
 };
 
 typedef void (*zn_io_cb)(zn_io_t *io, unsigned events, void *ud);
@@ -192,7 +192,7 @@ ZN_EXTERN void zn_io_init(zn_loop_t *loop, zn_io_t *io, int fd, zn_io_cb cb,
                           void *ud);
 
 /*
- * Watches `events` (ZN_READABLE | ZN_WRITABLE); a started watcher changes
+ * Watches `events` (ZN_EV_READABLE | ZN_EV_WRITABLE); a started watcher changes
  * its set. Level-triggered. events == 0 is the same as zn_io_stop().
  * Returns 0, ZN_ENOMEM, or the error of the backend (epoll_ctl).
  */

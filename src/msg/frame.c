@@ -166,17 +166,17 @@ const char *
 zn_frame_err_name(uint32_t code)
 {
     switch (code) {
-    case ZN_ERR_UNKNOWN_CMD:
+    case ZN_CODE_UNKNOWN_CMD:
         return "UNKNOWN_CMD";
-    case ZN_ERR_BAD_REQUEST:
+    case ZN_CODE_BAD_REQUEST:
         return "BAD_REQUEST";
-    case ZN_ERR_OVERLOADED:
+    case ZN_CODE_OVERLOADED:
         return "OVERLOADED";
-    case ZN_ERR_INTERNAL:
+    case ZN_CODE_INTERNAL:
         return "INTERNAL";
-    case ZN_ERR_SHUTTING_DOWN:
+    case ZN_CODE_SHUTTING_DOWN:
         return "SHUTTING_DOWN";
     default:
-        return code >= ZN_ERR_APP_BASE ? "APP" : "UNKNOWN";
+        return code >= ZN_CODE_APP_BASE ? "APP" : "UNKNOWN";
     }
 }

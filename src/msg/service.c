@@ -466,7 +466,7 @@ zn__msg_run(zn_msg_req_t *req)
 {
     req->ent->cb(req, req->msg, req->ent->ud);
     if (!req->deferred && !atomic_load(&req->answered))
-        zn__msg_answer_or_abandon(req, ZN_ERR_INTERNAL, "no reply");
+        zn__msg_answer_or_abandon(req, ZN_CODE_INTERNAL, "no reply");
     zn__msg_req_unref(req);
 }
 
@@ -521,12 +521,12 @@ zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
                   f->hdr.cmd);
         if (!oneway)
             zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq,
-                               ZN_ERR_INTERNAL, "out of memory");
+                               ZN_CODE_INTERNAL, "out of memory");
         return NULL;
     }
     zn__msg_warn(c, mc, zn__pb_err_reason(rc), f->hdr.cmd);
     if (!oneway)
-        zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq, ZN_ERR_BAD_REQUEST,
+        zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq, ZN_CODE_BAD_REQUEST,
                            zn__pb_err_reason(rc));
     return NULL;
 }
@@ -558,7 +558,7 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
     if (atomic_load(&svc->shutting_down)) {
         if (!oneway)
             zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq,
-                               ZN_ERR_SHUTTING_DOWN, "shutting down");
+                               ZN_CODE_SHUTTING_DOWN, "shutting down");
         return;
     }
     if ((ent = zn__msg_table_find(svc->table, f->hdr.cmd)) == NULL) {
@@ -566,7 +566,7 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
         snprintf(text, sizeof(text), "unknown command %u", f->hdr.cmd);
         if (!oneway)
             zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq,
-                               ZN_ERR_UNKNOWN_CMD, text);
+                               ZN_CODE_UNKNOWN_CMD, text);
         return;
     }
     if ((req = zn__msg_decode(svc, c, mc, ent, f)) == NULL)
@@ -598,7 +598,7 @@ zn__msg_work(zn_work_t *w, int status)
         zn__msg_run(req);
         return;
     }
-    zn__msg_answer_or_abandon(req, ZN_ERR_SHUTTING_DOWN, "shutting down");
+    zn__msg_answer_or_abandon(req, ZN_CODE_SHUTTING_DOWN, "shutting down");
     zn__msg_req_unref(req); /* the handler phase, never run */
 }
 
@@ -632,10 +632,10 @@ zn__msg_dispatch_chain(zn_msg_service_t *svc, zn_msg_req_t *chain)
         if (why == ZN_ENOBUFS)
             ZN__MSG_STAT_ADD(svc, overloaded, 1);
         if (why == ZN_ESHUTDOWN)
-            zn__msg_answer_or_abandon(req, ZN_ERR_SHUTTING_DOWN,
+            zn__msg_answer_or_abandon(req, ZN_CODE_SHUTTING_DOWN,
                                       "shutting down");
         else
-            zn__msg_answer_or_abandon(req, ZN_ERR_OVERLOADED,
+            zn__msg_answer_or_abandon(req, ZN_CODE_OVERLOADED,
                                       "overloaded");
         zn__msg_req_unref(req);
     }
@@ -827,7 +827,7 @@ zn__msg_make_reject(zn_msg_service_t *svc)
 {
     Znet__Error e = ZNET__ERROR__INIT;
 
-    e.code = ZN_ERR_OVERLOADED;
+    e.code = ZN_CODE_OVERLOADED;
     e.message = "too many connections";
     return zn_msg_pack_frame(0, 0, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR,
                              &e.base, &svc->reject, &svc->reject_len);

@@ -120,9 +120,9 @@ static const breq_t batch[] = {
     {CMD_ECHO, 3000, 0, 0},
     {CMD_ECHO, 5000, 0, 0},  /* its answer is packed off the stack */
     {CMD_ECHO, 70000, 0, 0}, /* more than one read of the loop */
-    {CMD_NOREPLY, 0, 0, ZN_ERR_INTERNAL},
-    {CMD_UNKNOWN, 0, 0, ZN_ERR_UNKNOWN_CMD},
-    {CMD_ECHO, SIZE_MAX, 0, ZN_ERR_BAD_REQUEST},
+    {CMD_NOREPLY, 0, 0, ZN_CODE_INTERNAL},
+    {CMD_UNKNOWN, 0, 0, ZN_CODE_UNKNOWN_CMD},
+    {CMD_ECHO, SIZE_MAX, 0, ZN_CODE_BAD_REQUEST},
     {CMD_TEST, 0, ZN_FRAME_F_ONEWAY, 0},
     {CMD_TEST, 0, 0, 0},
 };
@@ -171,7 +171,7 @@ check_answer(const zn_frame_header_t *h, const uint8_t *body)
         FA_NOTE(err != NULL);
         if (err != NULL)
             FA_NOTE_RC(err->code == b->error ||
-                           err->code == ZN_ERR_INTERNAL, err->code);
+                           err->code == ZN_CODE_INTERNAL, err->code);
         znet__error__free_unpacked(err, NULL);
         return;
     }

@@ -271,7 +271,7 @@ expect_shutting_down(int fd, uint32_t seq)
     assert_int_equal(h.flags, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR);
     e = znet__error__unpack(NULL, h.length, body);
     assert_non_null(e);
-    assert_int_equal(e->code, ZN_ERR_SHUTTING_DOWN);
+    assert_int_equal(e->code, ZN_CODE_SHUTTING_DOWN);
     znet__error__free_unpacked(e, NULL);
     free(body);
 }

@@ -504,7 +504,7 @@ test_doc_examples(void **state)
     assert_int_equal(build_frame(b, ZN_FRAME_F_RESPONSE, 1, 7, &trsp.base),
                      sizeof(rsp));
     assert_memory_equal(b, rsp, sizeof(rsp));
-    e.code = ZN_ERR_UNKNOWN_CMD;
+    e.code = ZN_CODE_UNKNOWN_CMD;
     e.message = "unknown cmd 9";
     assert_int_equal(build_frame(b, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR, 9,
                                  8, &e.base), sizeof(err));
@@ -529,9 +529,9 @@ test_names(void **state)
         assert_string_not_equal(zn_frame_reason_name(r), "unknown reason");
     assert_string_equal(zn_frame_reason_name(ZN_FRAME_BAD_MAGIC),
                         "bad magic");
-    assert_string_equal(zn_frame_err_name(ZN_ERR_UNKNOWN_CMD), "UNKNOWN_CMD");
-    assert_string_equal(zn_frame_err_name(ZN_ERR_BAD_REQUEST), "BAD_REQUEST");
-    assert_string_equal(zn_frame_err_name(ZN_ERR_SHUTTING_DOWN),
+    assert_string_equal(zn_frame_err_name(ZN_CODE_UNKNOWN_CMD), "UNKNOWN_CMD");
+    assert_string_equal(zn_frame_err_name(ZN_CODE_BAD_REQUEST), "BAD_REQUEST");
+    assert_string_equal(zn_frame_err_name(ZN_CODE_SHUTTING_DOWN),
                         "SHUTTING_DOWN");
     assert_string_equal(zn_frame_err_name(1000), "APP");
     assert_string_equal(zn_frame_err_name(0), "UNKNOWN");

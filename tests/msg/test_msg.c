@@ -405,7 +405,7 @@ test_echo_up_to_the_body_limit_and_one_over(void **state)
      * and one more byte closes the connection before the body is read. */
     body = calloc(1, LIMIT + 1);
     send_raw(fd, CMD_ECHO, 5, 0, body, LIMIT);
-    expect_error(fd, 5, ZN_ERR_BAD_REQUEST);
+    expect_error(fd, 5, ZN_CODE_BAD_REQUEST);
     send_raw(fd, CMD_ECHO, 6, 0, NULL, 0);
     {
         zn_frame_header_t h = {LIMIT + 1, CMD_ECHO, 6, 0};
@@ -432,13 +432,13 @@ test_unknown_cmd_and_bad_body_get_errors_and_stay_open(void **state)
     fx_start(&fx, *state, NULL);
     fd = tu_connect(fx.ts.port);
     send_raw(fd, 4242, 1, 0, NULL, 0);
-    expect_error(fd, 1, ZN_ERR_UNKNOWN_CMD);
+    expect_error(fd, 1, ZN_CODE_UNKNOWN_CMD);
     send_raw(fd, CMD_TEST, 2, 0, junk, sizeof(junk));
-    expect_error(fd, 2, ZN_ERR_BAD_REQUEST);
+    expect_error(fd, 2, ZN_CODE_BAD_REQUEST);
     call_test(fd, 3); /* still open */
     st = fx_stats(&fx);
-    assert_int_equal(st.errors_sent[ZN_ERR_UNKNOWN_CMD], 1);
-    assert_int_equal(st.errors_sent[ZN_ERR_BAD_REQUEST], 1);
+    assert_int_equal(st.errors_sent[ZN_CODE_UNKNOWN_CMD], 1);
+    assert_int_equal(st.errors_sent[ZN_CODE_BAD_REQUEST], 1);
     close(fd);
     fx_stop(&fx);
 }
@@ -659,7 +659,7 @@ test_shutting_down_answers_new_requests(void **state)
     call_test(fd, 1);
     zn_msg_service_shutdown(fx.svc);
     send_msg(fd, CMD_TEST, 2, 0, &req.base);
-    expect_error(fd, 2, ZN_ERR_SHUTTING_DOWN);
+    expect_error(fd, 2, ZN_CODE_SHUTTING_DOWN);
     close(fd);
     fx_stop(&fx);
 }
@@ -675,7 +675,7 @@ test_handler_without_reply_gets_internal(void **state)
     fx_start(&fx, *state, NULL);
     fd = tu_connect(fx.ts.port);
     send_msg(fd, CMD_NOREPLY, 5, 0, &req.base);
-    expect_error(fd, 5, ZN_ERR_INTERNAL);
+    expect_error(fd, 5, ZN_CODE_INTERNAL);
     close(fd);
     fx_stop(&fx);
 }
@@ -722,7 +722,7 @@ test_hostile_bodies_get_bad_request_server_alive(void **state)
     fd = tu_connect(fx.ts.port);
     body = nested_body(10000, &len); /* would overflow protobuf-c's stack */
     send_raw(fd, CMD_NODE, 1, 0, body, len);
-    expect_error(fd, 1, ZN_ERR_BAD_REQUEST);
+    expect_error(fd, 1, ZN_CODE_BAD_REQUEST);
     free(body);
     body = nested_body(60, &len); /* within the limit: decoded */
     send_raw(fd, CMD_NODE, 2, 0, body, len);
@@ -741,7 +741,7 @@ test_hostile_bodies_get_bad_request_server_alive(void **state)
         body[i + 1] = 0x00;
     }
     send_raw(fd, CMD_BOMB, 3, 0, body, len);
-    expect_error(fd, 3, ZN_ERR_BAD_REQUEST);
+    expect_error(fd, 3, ZN_CODE_BAD_REQUEST);
     /* Random bodies: answered (decoded or BAD_REQUEST), never a crash. */
     srand(42);
     for (i = 0; i < 300; i++) {
@@ -797,7 +797,7 @@ test_full_worker_queue_answers_overloaded_then_recovers(void **state)
     /* 4 running + 4 queued; the rest is refused at once */
     for (i = 0; i < N - 8; i++) {
         assert_int_equal(recv_frame(fd, &f), 0);
-        assert_int_equal(frame_error_code(&f), ZN_ERR_OVERLOADED);
+        assert_int_equal(frame_error_code(&f), ZN_CODE_OVERLOADED);
         overloaded++;
         free(f.body);
     }
@@ -896,7 +896,7 @@ test_over_max_conns_gets_overloaded_frame(void **state)
     b = tu_connect(ts.port);
     assert_int_equal(recv_frame(b, &f), 0);
     assert_int_equal(f.h.seq, 0);
-    assert_int_equal(frame_error_code(&f), ZN_ERR_OVERLOADED);
+    assert_int_equal(frame_error_code(&f), ZN_CODE_OVERLOADED);
     free(f.body);
     assert_true(closed_within(b, 5000));
     close(a);

@@ -109,7 +109,7 @@ srv_send_error(zn_conn_t *c, uint32_t cmd, uint32_t seq)
     char text[64];
 
     snprintf(text, sizeof(text), "unknown cmd %u", (unsigned)cmd);
-    e.code = ZN_ERR_UNKNOWN_CMD;
+    e.code = ZN_CODE_UNKNOWN_CMD;
     e.message = text;
     srv_send_msg(c, cmd, seq, ZN_FRAME_F_RESPONSE | ZN_FRAME_F_ERROR, &e.base);
 }
@@ -591,7 +591,7 @@ test_error_response(void **state)
     assert_int_equal(call_test(CMD_UNKNOWN, "x", 0, &x), 0);
     wait_done(1, 5000);
     assert_int_equal(x.status, ZN_EPROTO);
-    assert_int_equal(x.code, ZN_ERR_UNKNOWN_CMD);
+    assert_int_equal(x.code, ZN_CODE_UNKNOWN_CMD);
     assert_string_equal(x.text, "unknown cmd 99");
     assert_int_equal(stats().errors, 1);
     assert_true(zn_rpc_connected(g_fx.r));
@@ -1037,7 +1037,7 @@ test_call_sync_other_thread(void **state)
                           sizeof(text));
     assert_int_equal(rc, ZN_EPROTO);
     assert_null(rsp);
-    assert_int_equal(code, ZN_ERR_UNKNOWN_CMD);
+    assert_int_equal(code, ZN_CODE_UNKNOWN_CMD);
     assert_string_equal(text, "unknown cmd 99");
     rc = zn_rpc_call_sync(g_fx.r, CMD_HOLD, &req.base,
                           &demo__test_rsp__descriptor, 50, &rsp, NULL, NULL, 0);

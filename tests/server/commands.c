@@ -118,11 +118,11 @@ on_push(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
         (count = get_be32(in->payload.data)) > PUSH_MAX_COUNT ||
         (size = get_be32(in->payload.data + 4)) > PUSH_MAX_SIZE ||
         (uint64_t)count * size > PUSH_MAX_TOTAL) {
-        zn_msg_reply_error(req, ZN_ERR_APP_BASE, "push: count, size");
+        zn_msg_reply_error(req, ZN_CODE_APP_BASE, "push: count, size");
         return;
     }
     if ((rsp.payload.data = malloc(size > 0 ? size : 1)) == NULL) {
-        zn_msg_reply_error(req, ZN_ERR_INTERNAL, "push: out of memory");
+        zn_msg_reply_error(req, ZN_CODE_INTERNAL, "push: out of memory");
         return;
     }
     memset(rsp.payload.data, 'p', size);
@@ -153,7 +153,7 @@ on_slow(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
     (void)ud;
     if (in->payload.len != 4 || (ms = get_be32(in->payload.data)) >
                                     SLOW_MAX_MS) {
-        zn_msg_reply_error(req, ZN_ERR_APP_BASE, "slow: milliseconds");
+        zn_msg_reply_error(req, ZN_CODE_APP_BASE, "slow: milliseconds");
         return;
     }
     sleep_ms(ms);

@@ -194,7 +194,7 @@ on_signal(zn_loop_t *loop, int signum, void *ud)
         app_write_stats(ud);
         return;
     }
-    ZN_INFO(PROG ": signal %d, shutting down", signum);
+    ZN_LOG(ZN_LOG_INFO, PROG ": signal %d, shutting down", signum);
     zn_loop_stop(loop);
 }
 
@@ -226,7 +226,7 @@ after_start(app_t *app)
         rl.rlim_cur = app->max_fds;
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             return -errno;
-        ZN_INFO(PROG ": descriptor limit %u", app->max_fds);
+        ZN_LOG(ZN_LOG_INFO, PROG ": descriptor limit %u", app->max_fds);
     }
     return 0;
 }
@@ -251,15 +251,15 @@ serve(app_t *app, zn_msg_table_t *table, zn_loop_t *loop)
     if ((rc = zn_server_new(loop, &app->so, &app->srv)) != 0 ||
         (rc = zn_server_start(app->srv)) != 0 || (rc = after_start(app)) != 0)
         return rc;
-    ZN_INFO(PROG ": listening on %s:%u, %u io threads, %u workers",
-            app->so.host, zn_server_port(app->srv), app->so.io_threads,
-            app->mo.workers);
+    ZN_LOG(ZN_LOG_INFO, PROG ": listening on %s:%u, %u io threads, %u workers",
+           app->so.host, zn_server_port(app->srv), app->so.io_threads,
+           app->mo.workers);
     if ((rc = zn_loop_run(loop)) != 0)
-        ZN_ERROR(PROG ": loop: %s", zn_strerror(rc));
+        ZN_LOG(ZN_LOG_ERROR, PROG ": loop: %s", zn_strerror(rc));
     /* Stop accepting, refuse new requests, finish those in flight, flush,
      * close: at most DRAIN_MS in all. */
     if (zn_msg_service_drain(app->svc, app->srv, DRAIN_MS) != 0)
-        ZN_WARN(PROG ": drain cut short after %d ms", DRAIN_MS);
+        ZN_LOG(ZN_LOG_WARN, PROG ": drain cut short after %d ms", DRAIN_MS);
     app_write_stats(app);
     return rc == 0 ? 0 : 1;
 }

@@ -561,12 +561,12 @@ fault_bad_request(int fd, uint64_t *rng)
     (void)zn_frame_encode_header(b, &h);
     memcpy(b + ZN_FRAME_HEADER_SIZE, junk, sizeof(junk));
     (void)put(fd, b, sizeof(b));
-    expect_error(fd, 7, ZN_ERR_BAD_REQUEST, "bad body");
+    expect_error(fd, 7, ZN_CODE_BAD_REQUEST, "bad body");
     f = pack_test(8, 0, &len);
     f[11] = 77; /* cmd 77: unknown */
     (void)put(fd, f, len);
     free(f);
-    expect_error(fd, 8, ZN_ERR_UNKNOWN_CMD, "unknown cmd");
+    expect_error(fd, 8, ZN_CODE_UNKNOWN_CMD, "unknown cmd");
     f = pack_test(9, ZN_FRAME_F_RESPONSE, &len);
     (void)put(fd, f, len);
     free(f);
