@@ -74,6 +74,15 @@ ZN_EXTERN int zn_msg_table_register(zn_msg_table_t *t, uint32_t cmd,
                                     const ProtobufCMessageDescriptor *req,
                                     zn_msg_handler_cb cb, void *ud);
 
+/*
+ * Sets the decode budget of one command (see zn_msg_opts_t.decode_budget),
+ * for a request type made of long lists of small elements. 0: the
+ * service's. Returns 0, ZN_ENOENT (cmd not registered), ZN_EINVAL (the
+ * table is given to a service already).
+ */
+ZN_EXTERN int zn_msg_table_set_budget(zn_msg_table_t *t, uint32_t cmd,
+                                      size_t bytes);
+
 /* ---- service --------------------------------------------------------- */
 
 typedef struct {
@@ -89,6 +98,18 @@ typedef struct {
                                   0: 1024 per worker. Over it: OVERLOADED */
     bool ordered;              /* one connection's requests always go to
                                   the same worker, so replies keep order */
+    /* Bytes that decoding one request may allocate (protobuf-c's
+     * allocations, bounded from the body's bytes before anything is
+     * allocated; see docs/protocol.md, "The decode bound"). A request
+     * over it gets BAD_REQUEST. 0: its body's size + 64 KiB, so that the
+     * input and the decoded message stay near twice the body; types of
+     * long lists of tiny elements need more (zn_msg_table_set_budget()
+     * sets it per command). */
+    size_t decode_budget;
+    /* Bytes of decoded requests alive at once in the service (waiting
+     * for a worker, running, deferred): a request whose bound would pass
+     * it gets OVERLOADED before it is decoded. 0: 64 MiB. */
+    size_t max_held;
 } zn_msg_opts_t;
 
 ZN_EXTERN void zn_msg_opts_default(zn_msg_opts_t *o);
@@ -104,12 +125,15 @@ typedef struct {
     uint64_t deadline_closes;  /* connections closed: frame deadline */
     uint64_t responses_dropped;/* RESPONSE frames received by a server */
     uint64_t late_replies;     /* replies for a connection already closed */
-    uint64_t overloaded;       /* requests refused: worker queue full */
+    uint64_t overloaded;       /* requests refused: worker queue full, or
+                                  max_held */
     uint64_t queued;           /* requests waiting for a worker now */
     uint64_t in_flight;        /* requests being handled now */
     uint64_t handoffs;         /* chains of requests given to the worker
                                   pool, each with one lock and wake-up:
                                   requests / handoffs is the batch size */
+    uint64_t held;             /* bytes of decoded requests alive now */
+    uint64_t held_peak;        /* the most at once (see max_held) */
 } zn_msg_stats_t;
 
 /*

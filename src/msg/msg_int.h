@@ -19,7 +19,10 @@ typedef struct {
     const ProtobufCMessageDescriptor *desc;
     zn_msg_handler_cb cb;
     void *ud;
+    size_t budget;             /* decode budget; 0: the service's */
 } zn__msg_entry_t;
+
+#define ZN__MSG_MAX_HELD_DEFAULT ((size_t)64 << 20)
 
 struct zn_msg_table_s {
     zn__msg_entry_t *v;        /* sorted by cmd */
@@ -51,6 +54,7 @@ struct zn_msg_req_s {
     bool deferred;
     uint32_t cmd, seq;
     uint8_t flags;
+    size_t held;               /* bytes it counts in the service's held */
     zn__pb_alloc_t alloc;      /* the decoded message's memory */
     /* Where a small message is decoded: no allocation of its own. */
     _Alignas(max_align_t) unsigned char arena[256];
@@ -62,6 +66,8 @@ struct zn_msg_service_s {
     zn_handler_t handler;
     zn_workers_t *pool;        /* workers > 0 */
     _Atomic int shutting_down;
+    _Atomic size_t held;       /* bytes of decoded requests alive */
+    _Atomic size_t held_peak;
     uint8_t *reject;           /* OVERLOADED frame for refused conns */
     size_t reject_len;
     struct {

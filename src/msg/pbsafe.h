@@ -11,24 +11,31 @@
  *    pointer), and merging repeated occurrences of a singular message field
  *    copies its repeated fields each time: quadratic work.
  *
- * zn__pb_unpack() therefore first walks the wire format iteratively, guided
- * by the message descriptor, and refuses nesting deeper than a limit (a
- * type without message fields cannot nest and skips the walk); then
- * it unpacks with an allocator that charges every allocation to a byte
- * budget and fails once the budget is spent. Memory freed during decoding
- * is not refunded, so the budget bounds the work as well as the memory.
+ * zn__pb_unpack() therefore first walks the wire format iteratively,
+ * guided by the message descriptor, refuses nesting deeper than a limit,
+ * and adds up what protobuf-c will allocate for this body and this type
+ * (docs/protocol.md, "The decode bound"): the message structs, the scan
+ * records of every field on the wire, every repeated field's array, the
+ * unknown fields and their copies, every string and bytes copy. A body
+ * whose bound passes the budget is refused before anything is allocated;
+ * one that passes is unpacked with the bound as its allocator's budget,
+ * which it never reaches (tests/msg/test_pbsafe.c checks the bound against
+ * protobuf-c's real allocations). A singular message field given twice is
+ * refused as malformed: protobuf-c would merge the two, copying repeated
+ * fields each time (quadratic), and no encoder writes one message so.
+ * A type that cannot nest skips the scan when a cruder bound (28 bytes
+ * per body byte plus its struct) already fits the budget.
  *
  * Depth: the top-level message is level 1, a message field inside it is
  * level 2, and so on; the default limit of 64 accepts 64 levels.
  *
- * Budget: by default 32 bytes per body byte plus 64 KiB, charging each
- * allocation its size plus a 16-byte header; a 4 MiB body may use up to
- * 128 MiB, a 100-byte body 68,736 bytes. Measured with protobuf-c 1.4.1:
- * strings and bytes cost about 1x their size, packed numbers 4x, 20,000
- * two-int sub-messages 11-27x, 20,000 two-letter strings 20x; the bombs
- * this stops cost 39x (empty strings), 50x (empty sub-messages), 106x
- * (wide sub-messages), and the quadratic merge without bound. 32 sits
- * between; raise it for types made of long lists of near-empty elements.
+ * Budget: by default the body's size plus 64 KiB, charging each
+ * allocation its size plus a 16-byte header, so that the input and the
+ * decoded message together stay near twice the body (strings and bytes
+ * cost about 1x their size). Types made of long lists of small elements
+ * (many short strings: about 7x; packed small 64-bit numbers: 8x; empty
+ * sub-messages: their struct per two bytes) need a larger budget, which
+ * the message layer's options give per service and per command.
  *
  * Arena: the caller may give memory to allocate from first (the
  * dispatcher gives each request 256 bytes), so that a small message costs
@@ -50,7 +57,6 @@
 
 #define ZN__PB_DEPTH_DEFAULT 64u
 #define ZN__PB_DEPTH_MAX 256u  /* the scanner's stack holds this many */
-#define ZN__PB_BUDGET_FACTOR 32u
 #define ZN__PB_BUDGET_BASE ((size_t)64 * 1024)
 
 /* Limits for one decoding. Zero fields take the defaults. */
@@ -86,8 +92,8 @@ typedef struct zn__pb_alloc_s {
 } zn__pb_alloc_t;
 
 /*
- * The default budget for a body of len bytes: 32 * len + 64 KiB, saturating
- * at SIZE_MAX.
+ * The default budget for a body of len bytes: len + 64 KiB, saturating at
+ * SIZE_MAX.
  */
 size_t zn__pb_default_budget(size_t len);
 
@@ -113,6 +119,37 @@ int zn__pb_scan_depth(const ProtobufCMessageDescriptor *desc,
                       const uint8_t *data, size_t len, unsigned max_depth);
 
 /*
+ * The same walk, adding up what protobuf-c will allocate (charged as
+ * pb_alloc charges it) into *bound (if not NULL). Returns as
+ * zn__pb_scan_depth(), and also ZN_EPROTO for a field whose wire type
+ * protobuf-c refuses for its type or a packed field of the wrong length,
+ * and ZN_EEXIST for a singular message field given twice (which
+ * protobuf-c would merge).
+ */
+int zn__pb_scan(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                size_t len, unsigned max_depth, size_t *bound);
+
+/*
+ * The bound of decoding this body, within `budget`: from the scan, or for
+ * a type that cannot nest from a cruder bound when that fits already.
+ * Returns 0 with *bound <= budget; ZN_ENOBUFS (*bound is then over the
+ * budget), or an error of zn__pb_scan().
+ */
+int zn__pb_bound(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                 size_t len, unsigned max_depth, size_t budget,
+                 size_t *bound);
+
+/*
+ * Unpacks a body whose bound is known (zn__pb_bound), with the bound as
+ * the allocator's budget; opts gives the arena only. Returns as
+ * zn__pb_unpack().
+ */
+int zn__pb_unpack_bounded(const ProtobufCMessageDescriptor *desc,
+                          const uint8_t *data, size_t len, size_t bound,
+                          const zn__pb_opts_t *opts, ProtobufCMessage **msg,
+                          zn__pb_alloc_t *a);
+
+/*
  * Decodes len bytes at data (may be NULL if len is 0; an empty body is the
  * default message) as a message of type desc, under the limits of opts
  * (NULL: defaults). a is initialized here; on success *msg is the message,
@@ -122,11 +159,14 @@ int zn__pb_scan_depth(const ProtobufCMessageDescriptor *desc,
  * Returns 0, or:
  *   ZN_EPROTO   the body is malformed or not of type desc
  *   ZN_ERANGE   nested deeper than opts->max_depth
- *   ZN_ENOBUFS  decoding would allocate more than the budget
+ *   ZN_ENOBUFS  decoding would allocate more than the budget (refused
+ *               before anything is allocated)
+ *   ZN_EEXIST   a singular message field given twice
  *   ZN_ENOMEM   the system allocator failed (not the peer's fault)
  *   ZN_EINVAL   bad arguments (desc or msg NULL, data NULL with len > 0,
  *               max_depth over ZN__PB_DEPTH_MAX)
- * The dispatcher answers BAD_REQUEST to EPROTO, ERANGE and ENOBUFS.
+ * The dispatcher answers BAD_REQUEST to EPROTO, ERANGE, EEXIST and
+ * ENOBUFS.
  */
 int zn__pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                   size_t len, const zn__pb_opts_t *opts,

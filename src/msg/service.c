@@ -30,6 +30,19 @@ zn_msg_opts_default(zn_msg_opts_t *o)
     o->max_body = ZN_FRAME_MAX_BODY_DEFAULT;
     o->frame_deadline_ms = 30000;
     o->max_depth = ZN__PB_DEPTH_DEFAULT;
+    o->max_held = ZN__MSG_MAX_HELD_DEFAULT;
+}
+
+
+/* The most bytes held at once, for the stats. */
+static void
+zn__msg_note_held_peak(zn_msg_service_t *svc, size_t now)
+{
+    size_t peak = atomic_load_explicit(&svc->held_peak, memory_order_relaxed);
+
+    while (now > peak &&
+           !atomic_compare_exchange_weak(&svc->held_peak, &peak, now))
+        ;
 }
 
 /* ---- packing ------------------------------------------------------------ */
@@ -179,6 +192,7 @@ zn__msg_req_unref(zn_msg_req_t *req)
     if (atomic_fetch_sub(&req->refs, 1) != 1)
         return;
     zn__pb_free(req->msg, &req->alloc);
+    atomic_fetch_sub(&req->svc->held, req->held);
     zn_conn_unref(req->conn);
     zn__free(req);
 }
@@ -485,50 +499,125 @@ zn__msg_warn(zn_conn_t *c, zn__msg_conn_t *mc, const char *what,
 }
 
 
-/* Decodes a request's body into a new request object. On failure answers
- * the error itself and returns NULL. */
-static zn_msg_req_t *
-zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
-               const zn__msg_entry_t *ent, const zn_frame_t *f)
+/* The decode budget of a request: its command's, else the service's, else
+ * the body's size plus 64 KiB. */
+static size_t
+zn__msg_budget(const zn_msg_service_t *svc, const zn__msg_entry_t *ent,
+               size_t body)
 {
-    zn__pb_opts_t po = {svc->o.max_depth, 0, NULL, 0};
-    bool oneway = zn_frame_is_oneway(&f->hdr);
-    zn_msg_req_t *req = zn__malloc(sizeof(*req));
-    int rc = ZN_ENOMEM;
+    if (ent->budget != 0)
+        return ent->budget;
+    if (svc->o.decode_budget != 0)
+        return svc->o.decode_budget;
+    return zn__pb_default_budget(body);
+}
 
-    if (req != NULL) { /* zeroed but for the arena, which needs no zeros */
-        memset(req, 0, offsetof(zn_msg_req_t, arena));
-        po.arena = req->arena;
-        po.arena_len = sizeof(req->arena);
+
+/*
+ * Takes `n` bytes of the service's held budget (decoded requests waiting
+ * or running); false if that would pass max_held.
+ */
+static bool
+zn__msg_hold(zn_msg_service_t *svc, size_t n)
+{
+    size_t was = atomic_fetch_add(&svc->held, n);
+
+    if (was + n <= svc->o.max_held && was + n >= was) {
+        zn__msg_note_held_peak(svc, was + n);
+        return true;
     }
-    if (req != NULL &&
-        (rc = zn__pb_unpack(ent->desc, f->body, f->hdr.length, &po,
-                            &req->msg, &req->alloc)) == 0) {
-        req->svc = svc;
-        req->conn = c;
-        req->mc = mc;
-        req->ent = ent;
-        req->cmd = f->hdr.cmd;
-        req->seq = f->hdr.seq;
-        req->flags = f->hdr.flags;
-        atomic_init(&req->refs, 2);
-        zn_conn_ref(c);
-        return req;
-    }
-    zn__free(req);
+    atomic_fetch_sub(&svc->held, n);
+    return false;
+}
+
+
+/* Answers a request that cannot be decoded (or held), and logs why. */
+static void
+zn__msg_refuse(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
+               const zn_frame_t *f, int rc)
+{
+    bool oneway = zn_frame_is_oneway(&f->hdr);
+
     if (rc == ZN_ENOMEM) {
         ZN_LOG_RL(ZN_LOG_ERROR, 1, "msg: out of memory decoding cmd %u",
                   f->hdr.cmd);
         if (!oneway)
             zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq,
                                ZN_CODE_INTERNAL, "out of memory");
-        return NULL;
+        return;
+    }
+    if (rc == ZN_EAGAIN) {
+        ZN__MSG_STAT_ADD(svc, overloaded, 1);
+        if (!oneway)
+            zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq,
+                               ZN_CODE_OVERLOADED, "decoded requests over "
+                               "the service's bound");
+        return;
     }
     zn__msg_warn(c, mc, zn__pb_err_reason(rc), f->hdr.cmd);
     if (!oneway)
         zn__msg_send_error(svc, c, f->hdr.cmd, f->hdr.seq, ZN_CODE_BAD_REQUEST,
                            zn__pb_err_reason(rc));
-    return NULL;
+}
+
+
+/*
+ * Decodes a request's body into a new request object, in three steps:
+ * the bound of what decoding will allocate (refused past the command's
+ * budget before anything is allocated), the bytes held by the service's
+ * decoded requests (refused OVERLOADED past max_held), the unpack. On
+ * failure answers the error itself and returns NULL.
+ */
+static zn_msg_req_t *
+zn__msg_decode(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
+               const zn__msg_entry_t *ent, const zn_frame_t *f)
+{
+    zn__pb_opts_t po = {svc->o.max_depth, 0, NULL, 0};
+    size_t bound, hold;
+    zn_msg_req_t *req;
+    int rc;
+
+    rc = zn__pb_bound(ent->desc, f->body, f->hdr.length, svc->o.max_depth,
+                      zn__msg_budget(svc, ent, f->hdr.length), &bound);
+    if (rc != 0) {
+        zn__msg_refuse(svc, c, mc, f, rc);
+        return NULL;
+    }
+    hold = bound + sizeof(*req);
+    if (!zn__msg_hold(svc, hold)) {
+        zn__msg_refuse(svc, c, mc, f, ZN_EAGAIN);
+        return NULL;
+    }
+    if ((req = zn__malloc(sizeof(*req))) == NULL) {
+        atomic_fetch_sub(&svc->held, hold);
+        zn__msg_refuse(svc, c, mc, f, ZN_ENOMEM);
+        return NULL;
+    }
+    /* Zeroed but for the arena, which needs no zeros. */
+    memset(req, 0, offsetof(zn_msg_req_t, arena));
+    po.arena = req->arena;
+    po.arena_len = sizeof(req->arena);
+    rc = zn__pb_unpack_bounded(ent->desc, f->body, f->hdr.length, bound, &po,
+                               &req->msg, &req->alloc);
+    if (rc != 0) {
+        atomic_fetch_sub(&svc->held, hold);
+        zn__free(req);
+        zn__msg_refuse(svc, c, mc, f, rc);
+        return NULL;
+    }
+    /* Keep what the decoding really took (at most the bound). */
+    req->held = req->alloc.charged + sizeof(*req);
+    atomic_fetch_sub(&svc->held, hold - req->held);
+    req->svc = svc;
+    req->conn = c;
+    req->mc = mc;
+    req->ent = ent;
+    req->cmd = f->hdr.cmd;
+    req->seq = f->hdr.seq;
+    req->flags = f->hdr.flags;
+    atomic_init(&req->refs, 2);
+    zn_conn_ref(c);
+    return req;
 }
 
 
@@ -873,6 +962,8 @@ zn_msg_service_new(zn_msg_table_t *t, const zn_msg_opts_t *o,
         svc->o.frame_deadline_ms = 30000;
     if (svc->o.max_depth == 0)
         svc->o.max_depth = ZN__PB_DEPTH_DEFAULT;
+    if (svc->o.max_held == 0)
+        svc->o.max_held = ZN__MSG_MAX_HELD_DEFAULT;
     svc->handler = (zn_handler_t){.on_connect = zn__msg_on_connect,
                                   .on_data = zn__msg_on_data,
                                   .on_eof = zn__msg_on_eof,
@@ -965,4 +1056,6 @@ zn_msg_service_stats(const zn_msg_service_t *svc, zn_msg_stats_t *st)
     st->queued = s->pool != NULL ? zn_workers_queued(s->pool) : 0;
     st->in_flight = atomic_load(&s->st.in_flight);
     st->handoffs = atomic_load(&s->st.handoffs);
+    st->held = atomic_load(&s->held);
+    st->held_peak = atomic_load(&s->held_peak);
 }

@@ -69,8 +69,23 @@ zn_msg_table_register(zn_msg_table_t *t, uint32_t cmd,
         t->cap = cap;
     }
     memmove(&t->v[i + 1], &t->v[i], (t->n - i) * sizeof(*t->v));
-    t->v[i] = (zn__msg_entry_t){cmd, req, cb, ud};
+    t->v[i] = (zn__msg_entry_t){cmd, req, cb, ud, 0};
     t->n++;
+    return 0;
+}
+
+
+int
+zn_msg_table_set_budget(zn_msg_table_t *t, uint32_t cmd, size_t bytes)
+{
+    size_t i;
+
+    if (t == NULL || t->frozen)
+        return ZN_EINVAL;
+    i = zn__table_lower(t, cmd);
+    if (i == t->n || t->v[i].cmd != cmd)
+        return ZN_ENOENT;
+    t->v[i].budget = bytes;
     return 0;
 }
 

@@ -4,10 +4,12 @@
  * are refused without a crash and without going over budget; valid bodies
  * round-trip; every decoding leaves nothing allocated once freed.
  */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +18,7 @@
 #include "demo.pb-c.h"
 #include "hostile.pb-c.h"
 #include "msg/pbsafe.h"
+#include "znet/frame.h"
 #include "znet/znet.pb-c.h"
 
 /* A body built back to front, so that nesting costs no copies. */
@@ -186,11 +189,13 @@ test_depth_limit_is_configurable(void **state)
 }
 
 
-/* Siblings are not nesting: 1,000 sub-messages side by side are depth 2. */
+/* Siblings are not nesting: 1,000 sub-messages side by side are depth 2
+ * (with a budget that fits their cost, about 100 bytes each). */
 static void
 test_wide_is_not_deep(void **state)
 {
     static const uint8_t empty_tiny[] = {0x0a, 0x00};
+    zn__pb_opts_t o = {.budget = 1 << 20};
     ProtobufCMessage *m;
     zn__pb_alloc_t a;
     rbuf_t r;
@@ -202,7 +207,7 @@ test_wide_is_not_deep(void **state)
     assert_int_equal(zn__pb_scan_depth(&zntest__bomb__descriptor,
                                        r.b + r.pos, rbuf_len(&r), 2), 0);
     assert_int_equal(zn__pb_unpack(&zntest__bomb__descriptor, r.b + r.pos,
-                                   rbuf_len(&r), NULL, &m, &a), 0);
+                                   rbuf_len(&r), &o, &m, &a), 0);
     assert_int_equal(((Zntest__Bomb *)m)->n_tiny, 1000);
     zn__pb_free(m, &a);
     assert_all_freed(&a);
@@ -213,8 +218,8 @@ test_wide_is_not_deep(void **state)
 /*
  * n repeated sub-messages of field `field`, two bytes each on the wire.
  * First shows the body is a bomb (unbudgeted, decoding costs more than the
- * default budget), then that the default budget refuses it without ever
- * charging more than the budget.
+ * default budget), then that the default budget refuses it before
+ * allocating anything.
  */
 static void
 check_bomb(unsigned field, size_t n)
@@ -237,8 +242,7 @@ check_bomb(unsigned field, size_t n)
     assert_int_equal(zn__pb_unpack(&zntest__bomb__descriptor, r.b + r.pos,
                                    rbuf_len(&r), NULL, &m, &a), ZN_ENOBUFS);
     assert_null(m);
-    assert_true(a.over_budget);
-    assert_int_equal(a.budget, zn__pb_default_budget(rbuf_len(&r)));
+    assert_int_equal(a.nallocs, 0);
     assert_all_freed(&a);
     free(r.b);
 }
@@ -255,31 +259,35 @@ test_allocation_bomb_over_budget(void **state)
 
 /*
  * protobuf-c merges repeated occurrences of a singular message field by
- * copying: 20,000 occurrences would copy about 800 MB. The budget, which
- * freed memory does not refund, stops it early.
+ * copying: 20,000 occurrences would copy about 800 MB. A singular message
+ * field given twice is refused (ZN_EEXIST) before anything is allocated,
+ * whose body protobuf-c alone accepts; once is fine.
  */
 static void
-test_merge_bomb_over_budget(void **state)
+test_merge_bomb_refused(void **state)
 {
     static const uint8_t occurrence[] = {0x0a, 0x03, 0x0a, 0x01, 0x05};
-    ProtobufCMessage *m;
+    ProtobufCMessage *m, *plain;
     zn__pb_alloc_t a;
     rbuf_t r;
     size_t i;
 
     rbuf_init(&r, 20000 * sizeof(occurrence));
-    for (i = 0; i < 3; i++)
-        rbuf_prepend(&r, occurrence, sizeof(occurrence));
+    rbuf_prepend(&r, occurrence, sizeof(occurrence));
     assert_int_equal(zn__pb_unpack(&zntest__merge__descriptor, r.b + r.pos,
                                    rbuf_len(&r), NULL, &m, &a), 0);
-    assert_int_equal(((Zntest__Merge *)m)->in->n_x, 3);
+    assert_int_equal(((Zntest__Merge *)m)->in->n_x, 1);
     zn__pb_free(m, &a);
     assert_all_freed(&a);
-    for (; i < 20000; i++)
+    for (i = 1; i < 20000; i++)
         rbuf_prepend(&r, occurrence, sizeof(occurrence));
     assert_int_equal(zn__pb_unpack(&zntest__merge__descriptor, r.b + r.pos,
-                                   rbuf_len(&r), NULL, &m, &a), ZN_ENOBUFS);
-    assert_all_freed(&a);
+                                   rbuf_len(&r), NULL, &m, &a), ZN_EEXIST);
+    assert_int_equal(a.nallocs, 0);
+    plain = protobuf_c_message_unpack(&zntest__merge__descriptor, NULL, 10,
+                                      r.b + r.pos);
+    assert_non_null(plain); /* two occurrences: protobuf-c merges them */
+    protobuf_c_message_free_unpacked(plain, NULL);
     free(r.b);
 }
 
@@ -294,7 +302,8 @@ test_tiny_budget(void **state)
     assert_int_equal(zn__pb_unpack(&demo__test_req__descriptor, NULL, 0, &o,
                                    &m, &a), ZN_ENOBUFS);
     assert_int_equal(a.nallocs, 0);
-    assert_int_equal(zn__pb_default_budget(SIZE_MAX / 2), SIZE_MAX);
+    assert_int_equal(zn__pb_default_budget(SIZE_MAX), SIZE_MAX);
+    assert_int_equal(zn__pb_default_budget(1000), 1000 + ZN__PB_BUDGET_BASE);
     assert_int_equal(zn__pb_default_budget(0), ZN__PB_BUDGET_BASE);
 }
 
@@ -306,6 +315,35 @@ rng_next(uint64_t *s)
     *s ^= *s >> 7;
     *s ^= *s << 17;
     return *s;
+}
+
+
+/* The decode bound's promise: what protobuf-c really allocates for a body
+ * (charged as the budgeted allocator charges, the budget unlimited) is
+ * never above the bound the scan gives. Counts the bodies checked. */
+static size_t bound_checked;
+
+
+static void
+check_bound(const ProtobufCMessageDescriptor *d, const uint8_t *b,
+            size_t len)
+{
+    static const uint8_t empty[1];
+    ProtobufCMessage *m;
+    zn__pb_alloc_t a;
+    size_t bound;
+
+    if (zn__pb_scan(d, b, len, ZN__PB_DEPTH_MAX, &bound) != 0)
+        return;
+    zn__pb_alloc_init(&a, SIZE_MAX);
+    m = protobuf_c_message_unpack(d, &a.pa, len, len ? b : empty);
+    if (a.charged > bound)
+        fail_msg("%s, %zu bytes: protobuf-c charged %zu, the bound is %zu",
+                 d->name, len, a.charged, bound);
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, &a.pa);
+    assert_int_equal(a.nlive, 0);
+    bound_checked++;
 }
 
 
@@ -325,7 +363,7 @@ check_hostile(const ProtobufCMessageDescriptor *d, const uint8_t *b,
     int rc = zn__pb_unpack(d, b, len, NULL, &m, &a);
 
     assert_true(rc == 0 || rc == ZN_EPROTO || rc == ZN_ERANGE ||
-                rc == ZN_ENOBUFS);
+                rc == ZN_ENOBUFS || rc == ZN_EEXIST);
     if (rc == 0)
         zn__pb_free(m, &a);
     else
@@ -335,6 +373,7 @@ check_hostile(const ProtobufCMessageDescriptor *d, const uint8_t *b,
         plain = protobuf_c_message_unpack(d, NULL, len, b);
         assert_null(plain);
     }
+    check_bound(d, b, len);
 }
 
 
@@ -367,6 +406,152 @@ test_random_bytes_never_crash(void **state)
         for (t = 0; t < sizeof(fuzz_types) / sizeof(fuzz_types[0]); t++)
             check_hostile(fuzz_types[t], b, len);
     }
+}
+
+
+/* Every frame body in every file of `dir` (the fuzz corpus of the
+ * dispatcher: streams of protocol v1 frames), as each test type. */
+static void
+check_corpus_bounds(const char *dir)
+{
+    char path[4096];
+    struct dirent *e;
+    uint8_t *buf;
+    zn_frame_reason_t why;
+    zn_frame_t f;
+    size_t len, off, t;
+    DIR *d;
+    FILE *fp;
+
+    assert_non_null(d = opendir(dir));
+    assert_non_null(buf = malloc(1 << 20));
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        assert_non_null(fp = fopen(path, "rb"));
+        len = fread(buf, 1, 1 << 20, fp);
+        fclose(fp);
+        for (off = 0; zn_frame_next(buf + off, len - off, UINT32_MAX, &f,
+                                    &why) == 0;
+             off += f.size)
+            for (t = 0; t < sizeof(fuzz_types) / sizeof(fuzz_types[0]); t++)
+                check_bound(fuzz_types[t], f.body, f.hdr.length);
+    }
+    closedir(d);
+    free(buf);
+}
+
+
+/* Repeats one field (its key and value bytes) until the body is about
+ * `size` bytes. */
+static void
+repeat_field(rbuf_t *r, const uint8_t *field, size_t flen, size_t size)
+{
+    size_t n;
+
+    rbuf_init(r, size + flen);
+    for (n = 0; n + flen <= size; n += flen)
+        rbuf_prepend(r, field, flen);
+}
+
+
+/* One bytes field 1 of n bytes (a 3-byte length, n < 2^21). */
+static void
+long_bytes(rbuf_t *r, size_t n)
+{
+    uint8_t hdr[4] = {0x0a, (uint8_t)(0x80 | (n & 0x7f)),
+                      (uint8_t)(0x80 | (n >> 7 & 0x7f)), (uint8_t)(n >> 14)};
+
+    rbuf_init(r, n + sizeof(hdr));
+    r->pos -= n;
+    memset(r->b + r->pos, 'x', n);
+    rbuf_prepend(r, hdr, sizeof(hdr));
+}
+
+
+typedef struct {
+    const char *name;
+    const ProtobufCMessageDescriptor *d;
+    uint8_t field[12];
+    size_t flen;         /* 0: one long bytes field */
+} shape_t;
+
+static const shape_t bomb_shapes[] = {
+    {"unknown varint", &zntest__tiny__descriptor, {0x08, 0x01}, 2},
+    {"unknown 64-bit", &zntest__tiny__descriptor,
+     {0x09, 1, 2, 3, 4, 5, 6, 7, 8}, 9},
+    {"unknown length", &zntest__tiny__descriptor, {0x0a, 0x00}, 2},
+    {"unknown 32-bit", &zntest__tiny__descriptor, {0x0d, 1, 2, 3, 4}, 5},
+    {"empty sub-messages", &zntest__bomb__descriptor, {0x0a, 0x00}, 2},
+    {"wide sub-messages", &zntest__bomb__descriptor, {0x12, 0x00}, 2},
+    {"empty repeated strings", &zntest__shapes__descriptor, {0x12, 0x00}, 2},
+    {"unpacked repeated int32", &zntest__shapes__descriptor, {0x18, 0x01},
+     2},
+    {"packed int32, 1-byte values", &zntest__shapes__descriptor,
+     {0x1a, 0x08, 1, 2, 3, 4, 5, 6, 7, 8}, 10},
+    {"empty map entries", &zntest__shapes__descriptor, {0x22, 0x00}, 2},
+    {"empty points", &zntest__shapes__descriptor, {0x0a, 0x00}, 2},
+    {"empty string, singular", &demo__test_req__descriptor, {0x0a, 0x00},
+     2},
+    {"empty bytes, singular", &demo__echo_req__descriptor, {0x0a, 0x00}, 2},
+    {"one long bytes field", &demo__echo_req__descriptor, {0}, 0},
+};
+
+
+/* The shape's body of about `size` bytes, its bound and protobuf-c's real
+ * cost, printed with their ratio. */
+static void
+print_shape_bound(const shape_t *sh, const rbuf_t *r)
+{
+    ProtobufCMessage *m;
+    zn__pb_alloc_t a;
+    size_t bound;
+
+    assert_int_equal(zn__pb_scan(sh->d, r->b + r->pos, rbuf_len(r),
+                                 ZN__PB_DEPTH_MAX, &bound), 0);
+    zn__pb_alloc_init(&a, SIZE_MAX);
+    m = protobuf_c_message_unpack(sh->d, &a.pa, rbuf_len(r), r->b + r->pos);
+    assert_non_null(m);
+    print_message("bound %-28s %6zu B: real %8zu, bound %8zu (x%.2f)\n",
+                  sh->name, rbuf_len(r), a.charged, bound,
+                  (double)bound / (double)a.charged);
+    protobuf_c_message_free_unpacked(m, &a.pa);
+}
+
+
+/*
+ * The bound against protobuf-c's real allocations, over every shape that
+ * makes decoding cost more than the body (unknown fields of each wire
+ * type, empty strings and bytes, empty and wide sub-messages, packed and
+ * unpacked repeats, map entries) at three sizes, and over every frame body
+ * of the committed fuzz corpus as each test type (check_bound: never
+ * below). Prints how close the bound is for each shape.
+ */
+static void
+test_bound_is_never_below_real_allocations(void **state)
+{
+    static const size_t sizes[] = {10, 1000, 65536};
+    size_t i, k, before;
+    rbuf_t r;
+
+    for (i = 0; i < sizeof(bomb_shapes) / sizeof(bomb_shapes[0]); i++)
+        for (k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+            if (bomb_shapes[i].flen == 0)
+                long_bytes(&r, sizes[k]);
+            else
+                repeat_field(&r, bomb_shapes[i].field, bomb_shapes[i].flen,
+                             sizes[k]);
+            before = bound_checked;
+            check_bound(bomb_shapes[i].d, r.b + r.pos, rbuf_len(&r));
+            assert_int_equal(bound_checked, before + 1);
+            if (k == 2)
+                print_shape_bound(&bomb_shapes[i], &r);
+            free(r.b);
+        }
+    before = bound_checked;
+    check_corpus_bounds(ZNET_TEST_CORPUS);
+    assert_true(bound_checked > before + 100);
 }
 
 
@@ -647,10 +832,11 @@ main(void)
         cmocka_unit_test(test_depth_limit_is_configurable),
         cmocka_unit_test(test_wide_is_not_deep),
         cmocka_unit_test(test_allocation_bomb_over_budget),
-        cmocka_unit_test(test_merge_bomb_over_budget),
+        cmocka_unit_test(test_merge_bomb_refused),
         cmocka_unit_test(test_tiny_budget),
         cmocka_unit_test(test_random_bytes_never_crash),
         cmocka_unit_test(test_mutated_bodies_never_crash),
+        cmocka_unit_test(test_bound_is_never_below_real_allocations),
         cmocka_unit_test(test_valid_messages_round_trip),
         cmocka_unit_test(test_empty_body_is_default_message),
         cmocka_unit_test(test_malformed_is_bad_request),

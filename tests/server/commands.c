@@ -18,6 +18,9 @@
  *   cmd 5  tree: ztest.Tree { repeated Tree kids = 1; } (tree.proto), a
  *          recursive type; answers demo.TestRsp { res = "tree" }. For the
  *          depth guard and allocation bombs.
+ *   cmd 6  shapes: ztest.Shapes (tree.proto), a repeated field of each
+ *          kind; answers demo.TestRsp { res = "tree" }. For the decode
+ *          bound's shapes.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -193,6 +196,9 @@ app_register_commands(zn_msg_table_t *t, bool test_commands)
         (rc = zn_msg_table_register(t, 4, &demo__echo_req__descriptor,
                                     on_slow, NULL)) != 0)
         return rc;
-    return zn_msg_table_register(t, 5, &ztest__tree__descriptor, on_tree,
+    if ((rc = zn_msg_table_register(t, 5, &ztest__tree__descriptor, on_tree,
+                                    NULL)) != 0)
+        return rc;
+    return zn_msg_table_register(t, 6, &ztest__shapes__descriptor, on_tree,
                                  NULL);
 }

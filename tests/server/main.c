@@ -13,6 +13,7 @@
  *
  *   --max-body BYTES  --frame-deadline-ms MS  --idle-ms MS  --queue-max N
  *   --out-high BYTES  --out-low BYTES  --out-hard BYTES  --in-budget BYTES
+ *   --decode-budget BYTES  --max-held BYTES
  *
  * Test hooks (see docs/hostile.md):
  *
@@ -69,7 +70,7 @@ usage(const char *prog)
             "[--idle-ms MS]\n"
             "          [--queue-max N] [--out-high B] [--out-low B] "
             "[--out-hard B]\n"
-            "          [--in-budget B]\n"
+            "          [--in-budget B] [--decode-budget B] [--max-held B]\n"
             "          [--port-file F] [--stats-fd FD] [--max-fds N] "
             "[--test-commands]\n",
             prog);
@@ -98,6 +99,8 @@ options(app_t *app, opt_t *t)
         {"--out-low", OPT_SIZE, &app->so.limits.out_low},
         {"--out-hard", OPT_SIZE, &app->so.limits.out_hard},
         {"--in-budget", OPT_SIZE, &app->so.in_budget},
+        {"--decode-budget", OPT_SIZE, &app->mo.decode_budget},
+        {"--max-held", OPT_SIZE, &app->mo.max_held},
         {"--port-file", OPT_STR, &app->port_file},
         {"--stats-fd", OPT_FD, &app->stats_fd},
         {"--max-fds", OPT_UINT, &app->max_fds},

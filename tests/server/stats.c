@@ -86,6 +86,8 @@ json_msg(char *buf, size_t cap, size_t *off, const zn_msg_service_t *svc)
     json_add(buf, cap, off, "queued", (int64_t)st.queued);
     json_add(buf, cap, off, "in_flight", (int64_t)st.in_flight);
     json_add(buf, cap, off, "handoffs", (int64_t)st.handoffs);
+    json_add(buf, cap, off, "held", (int64_t)st.held);
+    json_add(buf, cap, off, "held_peak", (int64_t)st.held_peak);
 }
 
 
