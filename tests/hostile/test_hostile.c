@@ -1234,14 +1234,21 @@ test_bound_at_the_largest_body(void **state)
         c.either = true;
         hs_clients(h, &c, 1, f, size);
         hwm1 = zp_proc_kb(h->srv.pid, "VmHWM");
+        /* Twice the body and 1 MiB. A sanitizer build keeps freed
+         * memory in quarantine and adds redzones and shadow (a 4 MiB
+         * body measured +14.5 MiB refused, +19 MiB decoded under ASan):
+         * there three times that, still below the 43-75 MiB the bombs
+         * cost in a normal build before the decode bound. */
         limit = (int64_t)(2 * (size - ZP_HDR_SIZE) + MIB) / 1024;
+        if (g_sanitized)
+            limit *= 3;
+        free(f);
         print_message("[%s] %zu B body: %s, peak RSS +%lld KiB (bound %lld)"
                       "\n", h->name, size - ZP_HDR_SIZE,
                       c.errors ? "refused" : "decoded",
                       (long long)(hwm1 - hwm0), (long long)limit);
         assert_true(hwm0 > 0 && hwm1 >= hwm0);
         assert_true(hwm1 - hwm0 <= limit);
-        free(f);
         hs_end(h, &ex);
     }
 }
