@@ -15,7 +15,8 @@
  *   - the counters named by the case moved by the expected amount;
  *   - its RSS and peak RSS (VmHWM) stayed under the case's bound;
  *   - the canary was served throughout: no failure, and no call slower
- *     than HS_CANARY_MAX_MS (p50, p99 and max printed);
+ *     than HS_CANARY_MAX_MS, or the case's own bound (p50, p99 and max
+ *     printed);
  *   - SIGTERM makes it exit 0 (so LeakSanitizer found nothing);
  *   - its log has no sanitizer report and no ERROR line, at most the
  *     case's number of lines, and the WARN line the case expects.
@@ -74,6 +75,7 @@ typedef struct {
     int max_log_lines;     /* every line of the log; 0: 12 */
     const char *log_has;   /* a line containing it must be there */
     int log_has_max;       /* and at most this many (0: any number) */
+    unsigned canary_ms;    /* the slowest canary call; 0: HS_CANARY_MAX_MS */
 } hs_expect_t;
 
 /* One case: the server, its canary, and the baseline to come back to. */
@@ -273,9 +275,10 @@ hs_check_log(const hs_t *h, const hs_expect_t *ex)
 }
 
 
-/* Stops the canary: it must have had no failure. Prints its latency. */
+/* Stops the canary: it must have had no failure, and no call slower than
+ * `ms` (times g_slow). Prints its latency. */
 static void
-hs_check_canary(hs_t *h)
+hs_check_canary(hs_t *h, unsigned ms)
 {
     zp_canary_report_t cr;
     int i;
@@ -295,9 +298,9 @@ hs_check_canary(hs_t *h)
     if (cr.failures > 0)
         fail_msg("%s: canary: %llu failures, first: %s", h->name,
                  (unsigned long long)cr.failures, cr.first_error);
-    if (cr.max_us > (uint64_t)hs_ms(HS_CANARY_MAX_MS) * 1000)
+    if (cr.max_us > (uint64_t)hs_ms(ms) * 1000)
         fail_msg("%s: canary: a call took %llu us (bound %u ms)", h->name,
-                 (unsigned long long)cr.max_us, hs_ms(HS_CANARY_MAX_MS));
+                 (unsigned long long)cr.max_us, hs_ms(ms));
 }
 
 
@@ -312,7 +315,7 @@ hs_end(hs_t *h, const hs_expect_t *ex)
     hs_wait_settled(h, now, sizeof(now));
     hs_check_counters(h, now, ex);
     hs_check_memory(h, ex);
-    hs_check_canary(h);
+    hs_check_canary(h, ex->canary_ms ? ex->canary_ms : HS_CANARY_MAX_MS);
     rc = zp_server_stop(&h->srv, hs_ms(15000), last, sizeof(last));
     if (rc != 0)
         fail_msg("%s: server exit status %d, see %s", h->name, rc,
@@ -1268,8 +1271,14 @@ test_decoded_requests_held_within_bound(void **state)
     static const char *const flags[] = {"--max-body", "4194304",
                                         "--frame-deadline-ms", "20000",
                                         "--max-held", "16777216", NULL};
+    /* The canary's calls queue behind up to 16 MiB of held requests on the
+     * workers and share the IO thread with 256 MiB of input and up to as
+     * much output: measured max 138 ms plain, 1.7 s under TSan alone and
+     * 5.2 s under TSan beside another hostile suite on 2 cores (the CI
+     * failure with the 1 s default, x5). */
     const hs_expect_t ex = {.rss_mib = 64, .hwm_mib = 256 + 16 + 32,
-                            .c = {{"errors_overloaded", 0, 64}}};
+                            .c = {{"errors_overloaded", 0, 64}},
+                            .canary_ms = 3000};
     static hs_client_t cs[64];
     hs_t *h = &g_case;
     char now[4096];
