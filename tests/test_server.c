@@ -569,8 +569,9 @@ test_unix_listener_echoes(void **state)
 
 typedef struct {
     _Atomic uint64_t ids[8];
+    _Atomic int fds[8]; /* the server side's descriptor numbers */
+    _Atomic int on1[8]; /* on the second IO loop */
     _Atomic int n;
-    zn_loop_t *loops[8];
     _Atomic int per_loop[2];
     zn_server_t *srv;
 } id_fx_t;
@@ -582,12 +583,17 @@ id_on_connect(zn_conn_t *c, void *ud)
     id_fx_t *fx = ud;
     int i = atomic_fetch_add(&fx->n, 1);
 
-    if (i < 8)
+    if (i < 8) {
+        atomic_store(&fx->fds[i], zn_conn_fd(c));
         atomic_store(&fx->ids[i], zn_conn_id(c));
-    if (fx->srv != NULL && zn_server_loop_count(fx->srv) == 2)
-        atomic_fetch_add(&fx->per_loop[zn_conn_loop(c) ==
-                                       zn_server_loop(fx->srv, 1)],
-                         1);
+    }
+    if (fx->srv != NULL && zn_server_loop_count(fx->srv) == 2) {
+        int one = zn_conn_loop(c) == zn_server_loop(fx->srv, 1);
+
+        if (i < 8)
+            atomic_store(&fx->on1[i], one);
+        atomic_fetch_add(&fx->per_loop[one], 1);
+    }
 }
 
 
@@ -598,6 +604,39 @@ id_n3(void *ud)
 }
 
 
+static int
+id_n4(void *ud)
+{
+    return atomic_load(&((id_fx_t *)ud)->n) >= 4;
+}
+
+
+typedef struct {
+    tu_server_t *ts;
+    uint64_t id;
+} gone_t;
+
+
+/* The server no longer finds the connection: it is closed, its
+ * descriptor closed before it left the table. */
+static int
+id_gone(void *ud)
+{
+    gone_t *g = ud;
+    zn_conn_t *c = zn_server_find(g->ts->srv, g->id);
+
+    if (c == NULL)
+        return 1;
+    zn_conn_unref(c);
+    return 0;
+}
+
+
+/*
+ * Connections are found by id from another thread while open and not once
+ * closed, and a new connection that gets the closed one's descriptor
+ * number gets a new id (ids never come back, descriptors do).
+ */
 static void
 test_find_by_id_and_ids_never_reused(void **state)
 {
@@ -605,6 +644,7 @@ test_find_by_id_and_ids_never_reused(void **state)
     zn_server_opts_t o;
     tu_server_t ts;
     zn_conn_t *c;
+    gone_t gone;
     uint64_t first;
     int fd[3], i;
 
@@ -625,31 +665,40 @@ test_find_by_id_and_ids_never_reused(void **state)
     }
     first = atomic_load(&fx.ids[0]);
     close(fd[0]);
-    assert_true(tu_wait_until(all_closed, &ts, 100) == 0);
-    usleep(50000);
-    assert_null(zn_server_find(ts.srv, first));
+    gone.ts = &ts;
+    gone.id = first;
+    assert_true(tu_wait_until(id_gone, &gone, 5000));
+    assert_int_equal(tu_server_stats(&ts).conns_live, 2);
     assert_null(zn_server_find(ts.srv, 0));
-    fd[0] = tu_connect(ts.port); /* likely gets the same fd number */
-    usleep(50000);
+    fd[0] = tu_connect(ts.port);
+    assert_true(tu_wait_until(id_n4, &fx, 5000));
+    /* accept() gives the lowest free number: the one just closed */
+    assert_int_equal(atomic_load(&fx.fds[3]), atomic_load(&fx.fds[0]));
     assert_true(atomic_load(&fx.ids[3]) > atomic_load(&fx.ids[2]));
     assert_null(zn_server_find(ts.srv, first));
+    c = zn_server_find(ts.srv, atomic_load(&fx.ids[3]));
+    assert_non_null(c);
+    assert_int_equal(zn_conn_fd(c), atomic_load(&fx.fds[0]));
+    zn_conn_unref(c);
     for (i = 0; i < 3; i++)
         close(fd[i]);
     tu_server_stop(&ts);
 }
 
 
+/* Two IO loops without reuseport: the acceptor deals connections out in
+ * turn, exactly half each. */
 static void
-run_multi_loop(bool reuseport)
+test_two_io_loops_share_connections_round_robin(void **state)
 {
     id_fx_t fx = {0};
     zn_server_opts_t o;
     tu_server_t ts;
     int fd[20], i;
 
+    (void)state;
     echo_opts(&o);
     o.io_threads = 2;
-    o.reuseport = reuseport;
     o.handler.on_connect = id_on_connect;
     o.handler.ud = &fx;
     tu_server_start(&ts, &o);
@@ -658,14 +707,8 @@ run_multi_loop(bool reuseport)
         fd[i] = tu_connect(ts.port);
         echo_roundtrip(fd[i], 128);
     }
-    if (!reuseport) { /* round robin: exactly half each */
-        assert_int_equal(atomic_load(&fx.per_loop[0]), 10);
-        assert_int_equal(atomic_load(&fx.per_loop[1]), 10);
-    } else {
-        assert_int_equal(atomic_load(&fx.per_loop[0]) +
-                             atomic_load(&fx.per_loop[1]),
-                         20);
-    }
+    assert_int_equal(atomic_load(&fx.per_loop[0]), 10);
+    assert_int_equal(atomic_load(&fx.per_loop[1]), 10);
     for (i = 0; i < 20; i++)
         close(fd[i]);
     assert_true(tu_wait_until(all_closed, &ts, 5000));
@@ -673,19 +716,177 @@ run_multi_loop(bool reuseport)
 }
 
 
-static void
-test_two_io_loops_share_connections_round_robin(void **state)
+/* The TCP sockets listening on 127.0.0.1:port, from /proc/net/tcp (state
+ * 0A); *queued gets the sum of their accept queues (the rx_queue column
+ * of a listening socket: connections the kernel completed that nobody
+ * accepted yet). */
+static int
+listeners_on(uint16_t port, unsigned *queued)
 {
+    FILE *f = fopen("/proc/net/tcp", "r");
+    char line[512];
+    unsigned lport, st, tx, rx;
+    int n = 0;
+
+    assert_non_null(f);
+    *queued = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, " %*u: %*x:%x %*x:%*x %x %x:%x", &lport, &st, &tx,
+                   &rx) != 4 ||
+            lport != port || st != 0x0A)
+            continue;
+        n++;
+        *queued += rx;
+    }
+    fclose(f);
+    return n;
+}
+
+
+typedef struct {
+    id_fx_t *fx;
+    uint16_t port;
+    int want;
+    unsigned queued;
+} spread_t;
+
+
+/* Every connection is either accepted by loop 0 or waits in a listener's
+ * accept queue. */
+static int
+all_placed(void *ud)
+{
+    spread_t *sp = ud;
+
+    (void)listeners_on(sp->port, &sp->queued);
+    return atomic_load(&sp->fx->per_loop[0]) + (int)sp->queued == sp->want &&
+           atomic_load(&sp->fx->n) == atomic_load(&sp->fx->per_loop[0]);
+}
+
+
+/*
+ * With reuseport each IO loop has a listening socket of its own and the
+ * kernel spreads connections over them: two sockets listen on the port,
+ * and with the second loop held, the connections the kernel gave its
+ * socket wait in that socket's queue while the first loop accepts the
+ * rest; released, the second loop accepts exactly those.
+ */
+static void
+test_reuseport_listener_per_io_loop(void **state)
+{
+    id_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    spread_t sp;
+    unsigned queued;
+    int fd[20], i;
+
     (void)state;
-    run_multi_loop(false);
+    echo_opts(&o);
+    o.io_threads = 2;
+    o.reuseport = true;
+    o.backlog = 64;
+    o.handler.on_connect = id_on_connect;
+    o.handler.ud = &fx;
+    tu_server_start(&ts, &o);
+    fx.srv = ts.srv;
+    assert_int_equal(listeners_on(ts.port, &queued), 2);
+    assert_int_equal(queued, 0);
+    tu_hold_and_fill(zn_server_loop(ts.srv, 1), 0, NULL);
+    for (i = 0; i < 20; i++)
+        fd[i] = tu_connect(ts.port);
+    sp = (spread_t){&fx, ts.port, 20, 0};
+    assert_true(tu_wait_until(all_placed, &sp, 5000));
+    queued = sp.queued;
+    print_message("reuseport: loop 0 accepted %d, %u queued for loop 1\n",
+                  atomic_load(&fx.per_loop[0]), queued);
+    /* 20 connections hashed over 2 sockets: all on one has odds 2^-19 */
+    assert_true(queued > 0 && queued < 20);
+    assert_int_equal(atomic_load(&fx.per_loop[1]), 0);
+    tu_release();
+    for (i = 0; i < 20; i++)
+        echo_roundtrip(fd[i], 128);
+    assert_int_equal(atomic_load(&fx.per_loop[1]), (int)queued);
+    assert_int_equal(atomic_load(&fx.per_loop[0]), 20 - (int)queued);
+    for (i = 0; i < 20; i++)
+        close(fd[i]);
+    assert_true(tu_wait_until(all_closed, &ts, 5000));
+    tu_server_stop(&ts);
+}
+
+
+static int
+id_reached(id_fx_t *fx, int n)
+{
+    int i;
+
+    for (i = 0; i < 500 && atomic_load(&fx->n) < n; i++)
+        usleep(10000);
+    return atomic_load(&fx->n) >= n;
 }
 
 
 static void
-test_reuseport_listener_per_io_loop(void **state)
+noop(void *arg)
 {
+    (void)arg;
+}
+
+
+/*
+ * ZN_BALANCE_LEAST_CONNS gives a new connection to the loop with the
+ * fewest: after the two connections of loop 1 close, the next two both go
+ * to loop 1 (round robin would split them).
+ */
+static void
+test_least_conns_fills_the_emptier_loop(void **state)
+{
+    id_fx_t fx = {0};
+    zn_server_opts_t o;
+    tu_server_t ts;
+    gone_t gone;
+    int fd[6], i, closed = 0;
+
     (void)state;
-    run_multi_loop(true);
+    echo_opts(&o);
+    o.io_threads = 2;
+    o.balance = ZN_BALANCE_LEAST_CONNS;
+    o.handler.on_connect = id_on_connect;
+    o.handler.ud = &fx;
+    tu_server_start(&ts, &o);
+    fx.srv = ts.srv;
+    for (i = 0; i < 4; i++) { /* one at a time: each counted before next */
+        fd[i] = tu_connect(ts.port);
+        assert_true(id_reached(&fx, i + 1));
+    }
+    assert_int_equal(atomic_load(&fx.per_loop[0]), 2);
+    assert_int_equal(atomic_load(&fx.per_loop[1]), 2);
+    gone.ts = &ts;
+    for (i = 0; i < 4; i++) {
+        if (!atomic_load(&fx.on1[i]))
+            continue;
+        close(fd[i]);
+        fd[i] = -1;
+        gone.id = atomic_load(&fx.ids[i]);
+        assert_true(tu_wait_until(id_gone, &gone, 5000));
+        closed++;
+    }
+    assert_int_equal(closed, 2);
+    /* the count drops on loop 1 just after the table forgets the id */
+    tu_run_on(zn_server_loop(ts.srv, 1), noop, NULL);
+    for (i = 4; i < 6; i++) {
+        fd[i] = tu_connect(ts.port);
+        assert_true(id_reached(&fx, i + 1));
+        assert_int_equal(atomic_load(&fx.on1[i]), 1);
+    }
+    for (i = 0; i < 6; i++) {
+        if (fd[i] >= 0) {
+            echo_roundtrip(fd[i], 64);
+            close(fd[i]);
+        }
+    }
+    assert_true(tu_wait_until(all_closed, &ts, 5000));
+    tu_server_stop(&ts);
 }
 
 
@@ -728,6 +929,7 @@ main(void)
         cmocka_unit_test(test_find_by_id_and_ids_never_reused),
         cmocka_unit_test(test_two_io_loops_share_connections_round_robin),
         cmocka_unit_test(test_reuseport_listener_per_io_loop),
+        cmocka_unit_test(test_least_conns_fills_the_emptier_loop),
         cmocka_unit_test(test_stop_closes_open_connections),
     };
 
