@@ -38,6 +38,7 @@ typedef struct zn__ioctx_s {
     zn_timer_t drain_timer;
     uint64_t drain_deadline;
     bool aborted;
+    bool closing;            /* the main loop's closes have begun */
 } zn__ioctx_t;
 
 typedef struct {
@@ -633,16 +634,36 @@ zn__ctx_drain_task(void *ud)
 }
 
 
-/* The main loop drains its own connections by running itself. */
+static void
+zn__main_close_task(void *ud)
+{
+    zn__ioctx_t *ctx = ud;
+
+    ctx->closing = true;
+    zn__ctx_close_all(ctx->srv, ctx, ctx->aborted);
+}
+
+
+/*
+ * The main loop drains its own connections by running itself. The closes
+ * ride on a task, behind the tasks queued already (answers that workers
+ * posted before the stop, for instance), as on the IO loops: closed first,
+ * a connection would drop those answers.
+ */
 static void
 zn__server_drain_main(zn_server_t *s, uint64_t drain_ms)
 {
     zn__ioctx_t *ctx = &s->main_ctx;
     uint64_t deadline = zn_now_ms() + drain_ms;
+    zn_task_t close_task;
 
-    zn__ctx_close_all(s, ctx, drain_ms == 0);
-    while (atomic_load(&ctx->nconns) > 0) {
-        if (!ctx->aborted && zn_now_ms() >= deadline) {
+    ctx->aborted = drain_ms == 0;
+    ctx->closing = false;
+    zn_task_init(&close_task, zn__main_close_task, ctx);
+    if (zn_loop_post_task(s->main, &close_task) != 0)
+        zn__main_close_task(ctx);
+    while (!ctx->closing || atomic_load(&ctx->nconns) > 0) {
+        if (ctx->closing && !ctx->aborted && zn_now_ms() >= deadline) {
             ctx->aborted = true;
             zn__ctx_close_all(s, ctx, true);
         }

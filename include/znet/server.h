@@ -110,7 +110,9 @@ ZN_EXTERN void zn_server_stop_accepting(zn_server_t *s);
 
 /*
  * Stops the server: stops accepting, closes every connection (graceful:
- * their queued output is flushed, for at most `drain_ms`; 0: abortive),
+ * their queued output is flushed, for at most `drain_ms`; 0: abortive)
+ * after the tasks already queued on its loop have run (answers posted by
+ * workers before the call reach their connections first),
  * stops and joins the IO threads. Returns when all is done; on the main
  * loop's thread, with the main loop not inside zn_loop_run() or inside a
  * callback of it. Idempotent. The IO loops themselves stay until
