@@ -1117,7 +1117,7 @@ zn__conn_next_due(const zn_conn_t *c)
 
     if (c->tm == NULL || c->tm->paused_since != 0)
         return due;
-    if (idle > 0)
+    if (idle > 0 && c->idle_holds == 0)
         due = c->tm->last_input + idle;
     if (c->tm->deadline > 0 && c->tm->deadline < due)
         due = c->tm->deadline;
@@ -1209,12 +1209,29 @@ zn__conn_timer_cb(zn_timer_t *t, void *ud)
         zn__conn_close_loop(c, ZN_CLOSE_DEADLINE, true);
         return;
     }
-    if (idle > 0 && now - c->tm->last_input >= idle) {
+    if (idle > 0 && c->idle_holds == 0 && now - c->tm->last_input >= idle) {
         ZN_LOG_RL(ZN_LOG_INFO, 10, "%s: idle for %llu ms, closing",
                   zn_conn_peer(c), (unsigned long long)idle);
         zn__conn_close_loop(c, ZN_CLOSE_IDLE, false);
         return;
     }
+    zn__conn_arm(c);
+}
+
+
+void
+zn__conn_idle_hold(zn_conn_t *c)
+{
+    c->idle_holds++;
+}
+
+
+void
+zn__conn_idle_release(zn_conn_t *c)
+{
+    if (c->idle_holds == 0 || --c->idle_holds > 0 || c->tm == NULL)
+        return;
+    c->tm->last_input = zn_loop_now(c->io.loop);
     zn__conn_arm(c);
 }
 

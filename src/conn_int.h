@@ -87,6 +87,7 @@ struct zn_conn_s {
     uint8_t reason;            /* zn_close_reason_t once closing */
     uint8_t later_reason;      /* of a close waiting for posted sends */
     uint8_t in_cb;             /* depth of handler callbacks running */
+    uint32_t idle_holds;       /* zn__conn_idle_hold() not yet released */
     unsigned paused_user : 1;
     unsigned paused_hwm : 1;
     unsigned eof : 1;
@@ -112,6 +113,15 @@ struct zn_conn_s {
  *                       connection's task, which cannot fail.
  */
 zn_conn_t *zn__conn_new(zn_loop_t *loop, int fd, const zn__conn_group_t *g);
+
+/*
+ * On the loop thread: the idle time-out does not count while a hold is
+ * out, and its clock starts again at the last release. The message layer
+ * holds it while a request of the connection is being handled, so that a
+ * peer waiting in silence for a slow answer is not idle.
+ */
+void zn__conn_idle_hold(zn_conn_t *c);
+void zn__conn_idle_release(zn_conn_t *c);
 void zn__conn_start(zn_conn_t *c);
 void zn__conn_handoff(zn_conn_t *c);
 

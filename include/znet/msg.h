@@ -89,8 +89,12 @@ typedef struct {
     uint32_t max_body;         /* largest request body; 0: 4 MiB */
     uint64_t frame_deadline_ms;/* first byte to last of a frame; 0: 30 s;
                                   UINT64_MAX: off */
-    uint64_t idle_ms;          /* no complete frame for this long: close;
-                                  0: off */
+    uint64_t idle_ms;          /* no input for this long while none of the
+                                  connection's requests is being handled:
+                                  close (ZN_CLOSE_IDLE); the clock starts
+                                  again at the last answer. A frame that
+                                  comes too slowly is frame_deadline_ms's
+                                  business. 0: off */
     unsigned max_depth;        /* protobuf nesting limit; 0: 64 */
     unsigned workers;          /* 0: handlers run on the loop thread;
                                   at most 1024 (else ZN_EINVAL) */

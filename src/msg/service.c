@@ -208,6 +208,8 @@ zn__msg_done(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc)
 {
     mc->inflight--;
     atomic_fetch_sub(&svc->st.in_flight, 1);
+    if (mc->inflight == 0 && !mc->closed)
+        zn__conn_idle_release(c);
     if (mc->closed) {
         if (mc->inflight == 0)
             zn__free(mc);
@@ -660,7 +662,8 @@ zn__msg_frame(zn_msg_service_t *svc, zn_conn_t *c, zn__msg_conn_t *mc,
     }
     if ((req = zn__msg_decode(svc, c, mc, ent, f)) == NULL)
         return;
-    mc->inflight++;
+    if (mc->inflight++ == 0)
+        zn__conn_idle_hold(c); /* waiting for an answer is not idle */
     atomic_fetch_add(&svc->st.in_flight, 1);
     if (svc->o.workers == 0) {
         zn__msg_run(req);

@@ -870,6 +870,62 @@ test_late_reply_never_reaches_a_new_conn_on_the_same_fd(void **state)
 }
 
 
+static int
+one_idle_close(void *ud)
+{
+    return tu_server_stats(&((fx_t *)ud)->ts).closes[ZN_CLOSE_IDLE] == 1;
+}
+
+
+/*
+ * The idle time-out (msg.h) counts silence only: not a wait for a slow
+ * answer (a deferred request, 3 time-outs long), nor a frame that is still
+ * coming in byte by byte (no frame complete for 2.7 time-outs); then
+ * silence closes the connection, as idle, one time-out after the last
+ * byte.
+ */
+static void
+test_idle_time_out_counts_silence_only(void **state)
+{
+    static const uint8_t half[8] = {'z', 'n', 1, 0, 0, 0, 0, 4};
+    Demo__TestReq req = DEMO__TEST_REQ__INIT;
+    Demo__TestRsp rsp = DEMO__TEST_RSP__INIT;
+    zn_msg_req_t *held;
+    zn_msg_opts_t mo;
+    uint64_t t0;
+    rframe_t f;
+    fx_t fx;
+    int fd, i;
+
+    zn_msg_opts_default(&mo);
+    mo.idle_ms = 300;
+    fx_start(&fx, *state, &mo);
+    atomic_store(&deferred, NULL);
+    fd = tu_connect(fx.ts.port);
+    send_msg(fd, CMD_DEFER, 1, 0, &req.base);
+    assert_true(tu_wait_until(has_deferred, NULL, 5000));
+    assert_false(closed_within(fd, 900)); /* waiting is not idle */
+    held = atomic_exchange(&deferred, NULL);
+    rsp.res = "at last";
+    assert_int_equal(zn_msg_reply(held, &rsp.base), 0);
+    assert_int_equal(recv_frame(fd, &f), 0);
+    assert_int_equal(f.h.seq, 1);
+    assert_int_equal(f.h.flags, ZN_FRAME_F_RESPONSE);
+    free(f.body);
+    for (i = 0; i < 8; i++) { /* input, though no frame is complete */
+        tu_write_all(fd, &half[i], 1);
+        assert_false(closed_within(fd, 100));
+    }
+    t0 = zn_now_ms();
+    assert_true(closed_within(fd, 5000));
+    assert_true(zn_now_ms() - t0 >= 190);
+    assert_true(tu_wait_until(one_idle_close, &fx, 5000));
+    assert_int_equal(fx_stats(&fx).deadline_closes, 0);
+    close(fd);
+    fx_stop(&fx);
+}
+
+
 static void
 test_over_max_conns_gets_overloaded_frame(void **state)
 {
@@ -1046,6 +1102,7 @@ main(void)
             test_full_worker_queue_answers_overloaded_then_recovers,
             &models[3]),
         PER_MODEL(test_late_reply_never_reaches_a_new_conn_on_the_same_fd),
+        PER_MODEL(test_idle_time_out_counts_silence_only),
         cmocka_unit_test_prestate(
             test_one_iteration_hands_its_requests_over_at_once, &models[1]),
         cmocka_unit_test(test_over_max_conns_gets_overloaded_frame),
