@@ -22,7 +22,7 @@
 
 enum { CMD_TEST = 1, CMD_ECHO = 2, CMD_COUNT = 3, CMD_PUSH = 4,
        CMD_SLOW = 5, CMD_DEFER = 6, CMD_NODE = 7, CMD_BOMB = 8,
-       CMD_NOREPLY = 9, PUSHED = 100 };
+       CMD_NOREPLY = 9, CMD_ORDER = 10, PUSHED = 100 };
 
 typedef struct {
     const char *name;
@@ -38,6 +38,12 @@ static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
 static int gate_open = 1;
 static _Atomic(zn_msg_req_t *) deferred;
+
+/* What h_order saw: per client connection (payload[0]), the thread of its
+ * first request and whether a later one ran on another. */
+#define ORDER_CONNS 4
+static _Atomic(unsigned long) order_thread[ORDER_CONNS];
+static _Atomic int order_moved[ORDER_CONNS];
 
 typedef struct {
     zn_msg_table_t *table;
@@ -98,6 +104,25 @@ h_push(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
 
 
 /* Waits at the gate (a worker stays busy while it is closed). */
+/* An echo that records its thread; a request whose seq is 1 mod 4 takes
+ * 3 ms, so that on free workers its successors would overtake it. */
+static void
+h_order(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
+{
+    const Demo__EchoReq *in = (const Demo__EchoReq *)msg;
+    unsigned long self = (unsigned long)pthread_self(), none = 0;
+    unsigned k = in->payload.len > 0 ? in->payload.data[0] : 0;
+
+    if (k < ORDER_CONNS &&
+        !atomic_compare_exchange_strong(&order_thread[k], &none, self) &&
+        none != self)
+        atomic_store(&order_moved[k], 1);
+    if (zn_msg_req_seq(req) % 4 == 1)
+        usleep(3000);
+    h_echo(req, msg, ud);
+}
+
+
 static void
 h_slow(zn_msg_req_t *req, const ProtobufCMessage *msg, void *ud)
 {
@@ -185,6 +210,8 @@ fx_start(fx_t *fx, const model_t *m, zn_msg_opts_t *mo)
     zn_msg_table_register(t, CMD_BOMB, &zntest__bomb__descriptor, h_ok, NULL);
     zn_msg_table_register(t, CMD_NOREPLY, &demo__test_req__descriptor,
                           h_noreply, NULL);
+    zn_msg_table_register(t, CMD_ORDER, &demo__echo_req__descriptor, h_order,
+                          NULL);
     fx->table = t;
     assert_int_equal(zn_msg_service_new(t, mo, &fx->svc), 0);
     assert_int_equal(zn_msg_table_register(t, 99, &demo__test_req__descriptor,
@@ -926,6 +953,63 @@ test_idle_time_out_counts_silence_only(void **state)
 }
 
 
+/*
+ * Ordered worker mode: each connection's requests run on one worker, so
+ * that 100 pipelined requests are answered in order even where one in
+ * four takes 3 ms (on free workers the next ones would overtake it), while
+ * the connections are spread over more than one worker.
+ */
+static void
+test_ordered_mode_keeps_each_connections_order(void **state)
+{
+    Demo__EchoReq req = DEMO__ECHO_REQ__INIT;
+    unsigned long threads[ORDER_CONNS];
+    int fd[ORDER_CONNS], k, i, distinct = 0;
+    uint8_t payload[2];
+    zn_msg_opts_t mo;
+    rframe_t f;
+    fx_t fx;
+
+    zn_msg_opts_default(&mo);
+    mo.ordered = true;
+    fx_start(&fx, *state, &mo);
+    for (k = 0; k < ORDER_CONNS; k++) {
+        atomic_store(&order_thread[k], 0);
+        atomic_store(&order_moved[k], 0);
+        fd[k] = tu_connect(fx.ts.port);
+    }
+    req.payload.data = payload;
+    req.payload.len = sizeof(payload);
+    for (i = 1; i <= 100; i++) {
+        for (k = 0; k < ORDER_CONNS; k++) {
+            payload[0] = (uint8_t)k;
+            payload[1] = (uint8_t)i;
+            send_msg(fd[k], CMD_ORDER, (uint32_t)i, 0, &req.base);
+        }
+    }
+    for (k = 0; k < ORDER_CONNS; k++) {
+        for (i = 1; i <= 100; i++) {
+            assert_int_equal(recv_frame(fd[k], &f), 0);
+            assert_int_equal(f.h.flags, ZN_FRAME_F_RESPONSE);
+            assert_int_equal(f.h.seq, (uint32_t)i);
+            free(f.body);
+        }
+        close(fd[k]);
+    }
+    for (k = 0; k < ORDER_CONNS; k++) {
+        assert_int_equal(atomic_load(&order_moved[k]), 0);
+        threads[k] = atomic_load(&order_thread[k]);
+        for (i = 0; i < k && threads[i] != threads[k]; i++)
+            ;
+        distinct += i == k;
+    }
+    print_message("ordered: %d connections on %d workers\n", ORDER_CONNS,
+                  distinct);
+    assert_true(distinct >= 2);
+    fx_stop(&fx);
+}
+
+
 static void
 test_over_max_conns_gets_overloaded_frame(void **state)
 {
@@ -1103,6 +1187,10 @@ main(void)
             &models[3]),
         PER_MODEL(test_late_reply_never_reaches_a_new_conn_on_the_same_fd),
         PER_MODEL(test_idle_time_out_counts_silence_only),
+        cmocka_unit_test_prestate(
+            test_ordered_mode_keeps_each_connections_order, &models[1]),
+        cmocka_unit_test_prestate(
+            test_ordered_mode_keeps_each_connections_order, &models[3]),
         cmocka_unit_test_prestate(
             test_one_iteration_hands_its_requests_over_at_once, &models[1]),
         cmocka_unit_test(test_over_max_conns_gets_overloaded_frame),
