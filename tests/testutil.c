@@ -57,6 +57,12 @@ tu_loop_thread_start(tu_loop_thread_t *lt, zn_loop_t *loop)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     assert_int_equal(pthread_create(&lt->thread, NULL, tu_loop_main, lt), 0);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* Until the loop runs there, this thread counts as the loop's
+     * (zn_loop_in_thread): wait, so that a call from here takes the
+     * cross-thread path (loop.h). Posting nothing: tests count tasks and
+     * refuse allocations. */
+    while (zn_loop_in_thread(loop))
+        usleep(100);
 }
 
 

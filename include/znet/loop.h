@@ -158,7 +158,15 @@ ZN_EXTERN void zn_task_init(zn_task_t *t, zn_task_cb cb, void *ud);
  */
 ZN_EXTERN int zn_loop_post_task(zn_loop_t *loop, zn_task_t *t);
 
-/* True on the thread that is running the loop. Any thread. */
+/*
+ * True on the thread that is running the loop, and, until it first runs,
+ * on the thread that created it (so that set-up calls there take the
+ * loop-thread path). Any thread. A program that starts another thread to
+ * run the loop must wait until it runs there (post a task and wait for
+ * it) before it calls, from the creating thread, a function that picks
+ * its path by this (zn_rpc_call, zn_conn_send, a typed stub...):
+ * meanwhile both threads would count as the loop's.
+ */
 ZN_EXTERN bool zn_loop_in_thread(const zn_loop_t *loop);
 
 /* The loop's cached clock (milliseconds, monotonic), updated once per
