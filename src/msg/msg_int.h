@@ -28,6 +28,7 @@ struct zn_msg_table_s {
     zn__msg_entry_t *v;        /* sorted by cmd */
     size_t n, cap;
     bool frozen;               /* given to a service: read-only */
+    struct zn__msg_owned_s *owned; /* typed services' bindings (typed.c) */
 };
 
 /* The message layer's state of one connection (its user data). Loop
@@ -77,6 +78,12 @@ struct zn_msg_service_s {
         _Atomic uint64_t in_flight, handoffs;
     } st;
 };
+
+/* Removes cmd's entry, if any (a registration taken back). */
+void zn__msg_table_unregister(zn_msg_table_t *t, uint32_t cmd);
+
+/* Frees what typed services left with the table (typed.c). */
+void zn__msg_table_free_owned(zn_msg_table_t *t);
 
 /* The entry for cmd, or NULL. */
 const zn__msg_entry_t *zn__msg_table_find(const zn_msg_table_t *t,

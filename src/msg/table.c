@@ -26,6 +26,7 @@ zn_msg_table_free(zn_msg_table_t *t)
 {
     if (t == NULL)
         return;
+    zn__msg_table_free_owned(t);
     zn__free(t->v);
     zn__free(t);
 }
@@ -87,6 +88,18 @@ zn_msg_table_set_budget(zn_msg_table_t *t, uint32_t cmd, size_t bytes)
         return ZN_ENOENT;
     t->v[i].budget = bytes;
     return 0;
+}
+
+
+void
+zn__msg_table_unregister(zn_msg_table_t *t, uint32_t cmd)
+{
+    size_t i = zn__table_lower(t, cmd);
+
+    if (i == t->n || t->v[i].cmd != cmd)
+        return;
+    memmove(&t->v[i], &t->v[i + 1], (t->n - i - 1) * sizeof(*t->v));
+    t->n--;
 }
 
 
