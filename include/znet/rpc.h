@@ -29,7 +29,7 @@ typedef struct zn_rpc_s zn_rpc_t;
 
 /* An error response from the server (znet.Error). */
 typedef struct {
-    uint32_t code;             /* ZN_ERR_* or an application code >= 1000 */
+    uint32_t code;             /* ZN_CODE_* or an application code >= 1000 */
     const char *message;       /* valid during the callback only */
 } zn_rpc_error_t;
 
